@@ -1,0 +1,123 @@
+"""The main flow: pixel labels for a labelled image collection, and for new images by retrieval.
+
+    ingest -> propose -> embed -> pool -> seed (pseudo-labels) -> evaluate
+                                           \\-> bank -> retrieve (new images) -> evaluate
+
+Every stage is a cached Prefect task over small references; arrays live in the Zarr store. A rerun with
+nothing changed is served from the cache; a changed parameter or stage code reruns that stage and what
+follows; new images get proposals and features of their own only.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, Field
+
+from maskbank.flows.params import RunParams
+from maskbank.flows.progress import StageProgress
+from maskbank.flows.refs import DatasetRef, ShardRef, VersionRef
+from maskbank.flows.stages.bank import build_bank
+from maskbank.flows.stages.common import (
+    ImageJob, checked, jobs_of, shard_complete, shards, unique_jobs, version_complete,
+)
+from maskbank.flows.stages.embed import embed_shard, features_key
+from maskbank.flows.stages.evaluate import evaluate
+from maskbank.flows.stages.ingest import DatasetInput, combine, ingest
+from maskbank.flows.stages.pool import pool_shard, pooled_key
+from maskbank.flows.stages.propose import propose_shard, proposals_key
+from maskbank.flows.stages.retrieve import retrieve
+from maskbank.flows.stages.seed import seed_collection
+
+
+class RunSummary(BaseModel):
+    """What a run produced: version ids, metrics, and what was computed or skipped."""
+
+    store: str
+    labelled: str = Field(description="Fingerprint of the labelled collection.")
+    pseudo_labels: str
+    bank: str
+    predictions: str | None = None
+    pseudo_label_metrics: dict | None = None
+    prediction_metrics: dict | None = None
+    computed: dict[str, int] = {}
+    skipped: list[tuple[str, str]] = []
+
+
+def _per_image(stage: str, task_fn, jobs: list[ImageJob], shard_size: int, **kwargs) -> list[ShardRef]:
+    refs = []
+    with StageProgress(stage, len(jobs)) as progress:
+        for shard in shards(jobs, shard_size):
+            refs.append(checked(task_fn, shard_complete, jobs=shard, **kwargs))
+            progress.advance(len(shard))
+    return refs
+
+
+@flow(name="maskbank-label", log_prints=True)
+def label_images(
+    datasets: list[DatasetInput],
+    store: str,
+    targets: list[DatasetInput] | None = None,
+    params: RunParams = RunParams(),
+    device: str = "auto",
+) -> RunSummary:
+    """Pseudo-label ``datasets`` (images with image-level labels) and, by retrieval, label ``targets``.
+
+    Args:
+        datasets: the labelled collection (datasets with the same classes are pooled).
+        store: path of the maskbank Zarr store (created if missing).
+        targets: images to label by retrieval against the bank of ``datasets`` (their labels, if any, unused).
+        params: every stage's parameters.
+        device: 'auto' (CUDA when present), 'cpu' or 'cuda'.
+    """
+    log = get_run_logger()
+    labelled = combine([ingest(d, store) for d in datasets])
+    target = combine([ingest(d, store) for d in targets]) if targets else None
+    collections = [labelled] + ([target] if target else [])
+    jobs = unique_jobs(j for c in collections for j in jobs_of(c))
+    log.info("%d labelled images, %d target images, %d distinct", len(labelled.image_ids),
+             len(target.image_ids) if target else 0, len(jobs))
+
+    p = params
+    pk, fk = proposals_key(p.propose), features_key(p.embed)
+    proposals = _per_image("propose", propose_shard, jobs, p.shard_size, store=store, key=pk, params=p.propose,
+                           device=device)
+    features = _per_image("embed", embed_shard, jobs, p.shard_size, store=store, key=fk, params=p.embed,
+                          device=device)
+    skipped = sorted({s for r in proposals + features for s in r.skipped})
+    skip = sorted({k for k, _ in skipped})
+    ok_jobs = [j for j in jobs if j.key not in skip]
+    plk = pooled_key(pk, fk)
+    pooled = _per_image("pool", pool_shard, ok_jobs, p.shard_size, store=store, key=plk, proposals_key=pk,
+                        features_key=fk)
+
+    pseudo = checked(seed_collection, version_complete, store=store, collection=labelled, proposals_key=pk,
+                     pooled_key=plk, params=p.seed, skip=skip, device=device)
+    pseudo_eval = _evaluate(store, datasets, labelled, pseudo)
+    bank = checked(build_bank, version_complete, store=store, collection=labelled, labels_version=pseudo,
+                   features_key=fk, params=p.bank)
+    predictions = pred_eval = None
+    if target is not None:
+        predictions = checked(retrieve, version_complete, store=store, targets=target, bank_version=bank,
+                              proposals_key=pk, pooled_key=plk, params=p.retrieve, skip=skip)
+        pred_eval = _evaluate(store, targets, target, predictions)
+
+    summary = RunSummary(
+        store=store, labelled=labelled.fingerprint, pseudo_labels=pseudo.id, bank=bank.id,
+        predictions=predictions.id if predictions else None,
+        pseudo_label_metrics=pseudo_eval.metrics if pseudo_eval else None,
+        prediction_metrics=pred_eval.metrics if pred_eval else None,
+        computed={"propose": sum(len(r.computed) for r in proposals), "embed": sum(len(r.computed) for r in features),
+                  "pool": sum(len(r.computed) for r in pooled)},
+        skipped=[(k, why) for k, why in skipped] + [s for c in collections for s in c.skipped],
+    )
+    for name, m in (("pseudo-labels", summary.pseudo_label_metrics), ("retrieval", summary.prediction_metrics)):
+        if m:
+            log.info("%s mIoU %.4f over %d images", name, m["classes"]["miou"], m["images"])
+    return summary
+
+
+def _evaluate(store: str, inputs: list[DatasetInput], collection: DatasetRef, version: VersionRef) -> VersionRef | None:
+    if not any(collection.has_truth):
+        return None
+    return checked(evaluate, version_complete, store=store, datasets=inputs, collection=collection,
+                   labels_version=version)

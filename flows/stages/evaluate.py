@@ -1,0 +1,77 @@
+"""Stage 7, evaluate: one dataset-wide confusion matrix of a label version against the pixel truth.
+
+Published as an ``evaluation`` version whose metrics hold mIoU and per-class IoU over the dataset's classes
+and, when the classes include the PASCAL VOC ones (e.g. COCO), over those 21 with other objects ignored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from maskbank.flows.keys import code_version
+from maskbank.flows.refs import DatasetRef, VersionRef
+from maskbank.flows.stages.common import cached_task
+from maskbank.flows.stages.ingest import DatasetInput
+from maskbank.flows.stages.labelmaps import read_label_map
+from maskbank.storage.datasets import open_dataset
+from maskbank.storage.store import Store
+from maskbank.storage.versions import get_version, publish_version, read_version, version_id
+from maskbank.tasks.classes import VOC_CLASSES, subset_lookup
+from maskbank.tasks.metrics import ConfusionMatrix
+
+KIND = "evaluation"
+MODULES = ("maskbank.tasks.metrics", "maskbank.tasks.classes", __name__)
+
+
+def summarise(cm: ConfusionMatrix, names: list[str]) -> dict:
+    iou = cm.iou()
+    return {
+        "miou": float(cm.miou()),
+        "miou_absent_as_zero": float(cm.miou(absent_as_zero=True)),
+        "classes_present": int(np.isfinite(iou).sum()),
+        "iou": {n: (None if not np.isfinite(v) else float(v)) for n, v in zip(names, iou)},
+    }
+
+
+def covers_voc(class_names: list[str]) -> bool:
+    return int((subset_lookup(class_names, unmatched=255) != 255).sum()) == len(VOC_CLASSES)
+
+
+@cached_task("evaluate", MODULES)
+def evaluate(store: str, datasets: list[DatasetInput], collection: DatasetRef, labels_version: VersionRef) -> VersionRef:
+    """Score ``labels_version``'s label maps on every image of ``collection`` that has truth."""
+    st = Store.open(store, create=False)
+    code = code_version(MODULES)
+    vid = version_id(KIND, {}, [labels_version.id], collection.fingerprints, code_version=code)
+    if st.item_complete(f"versions/{vid}"):
+        return VersionRef(store=store, id=vid, kind=KIND, metrics=get_version(st, vid).metrics)
+
+    scored = {str(k) for k in read_version(st, labels_version.id).arrays["image_key"]}
+    names = collection.class_names
+    cm = ConfusionMatrix(len(names))
+    voc = ConfusionMatrix.for_subset(names) if covers_voc(names) else None
+    n = 0
+    for d in datasets:
+        ds = open_dataset(d.spec())
+        for rec, key in zip(ds.records, _keys_of(collection, ds.image_ids)):
+            if not rec.has_truth or key not in scored:
+                continue
+            pred, truth = read_label_map(st, labels_version.id, key), ds.truth(rec.image_id)
+            cm.update(pred, truth)
+            if voc is not None:
+                voc.update(pred, truth)
+            n += 1
+    metrics = {"images": n, "classes": summarise(cm, names)}
+    arrays, dims = {"confusion": cm.matrix}, {"confusion": ("truth", "prediction")}
+    if voc is not None:
+        metrics["voc21"] = summarise(voc, list(VOC_CLASSES))
+        arrays["confusion_voc21"] = voc.matrix
+        dims["confusion_voc21"] = ("truth_voc", "prediction_voc")
+    publish_version(st, KIND, {}, [labels_version.id], collection.fingerprints, code_version=code, arrays=arrays,
+                    dims=dims, metrics=metrics)
+    return VersionRef(store=store, id=vid, kind=KIND, metrics=metrics)
+
+
+def _keys_of(collection: DatasetRef, image_ids: list[str]) -> list[str | None]:
+    row = {i: k for i, k in zip(collection.image_ids, collection.image_keys)}
+    return [row.get(i) for i in image_ids]

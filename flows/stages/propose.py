@@ -1,0 +1,35 @@
+"""Stage 2, propose: Segment Anything masks per image, made non-overlapping, stored as RLE."""
+
+from __future__ import annotations
+
+from maskbank.flows import runtime
+from maskbank.flows.keys import code_version, stage_key
+from maskbank.flows.params import ProposeParams
+from maskbank.flows.refs import ShardRef
+from maskbank.flows.stages.common import ImageJob, cached_task, run_shard
+from maskbank.storage.datasets import load_rgb
+from maskbank.storage.store import PROPOSALS, Store
+from maskbank.tasks.propose import non_overlapping
+
+MODULES = ("maskbank.tasks.propose", "maskbank.tasks.models.sam", "maskbank.tasks.models.tiny_vit",
+           "maskbank.tasks.rle", __name__)
+
+
+def proposals_key(params: ProposeParams) -> str:
+    """Key of the proposals made with ``params`` (the checkpoint's content included)."""
+    return stage_key(PROPOSALS, params, [runtime.checkpoint_id(params.model)], code_version(MODULES))
+
+
+@cached_task("propose", MODULES, task_run_name="propose-{key:.8}")
+def propose_shard(store: str, key: str, jobs: list[ImageJob], params: ProposeParams, device: str = "auto") -> ShardRef:
+    """Proposals for a shard of images; images already stored under ``key`` are not recomputed."""
+    st = Store.open(store, create=False)
+    model = runtime.proposer(params, device)
+
+    def compute(job: ImageJob) -> None:
+        image = load_rgb(job.path, exif_transpose=job.exif_transpose)
+        props = non_overlapping(model(image), model.config.min_area_pixels(image.shape[:2]))
+        st.write_proposals(key, job.key, props.rles, props.predicted_iou, props.stability_score, props.bbox,
+                           props.area, props.image_hw, attrs={"path": job.path})
+
+    return run_shard(st, PROPOSALS, key, jobs, compute)

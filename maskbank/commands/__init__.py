@@ -1,0 +1,1 @@
+"""Sub-commands of the ``maskbank`` command line, one Typer app per file."""

@@ -1,0 +1,119 @@
+"""Dataset readers (COCO, PASCAL VOC, folder + labels file) into one :class:`Dataset` type."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Literal
+
+from maskbank.storage.datasets.classes import BACKGROUND, ClassMap, DatasetError
+from maskbank.storage.datasets.coco import find_coco, read_coco
+from maskbank.storage.datasets.folder import read_folder
+from maskbank.storage.datasets.images import ImageError, image_size, load_rgb
+from maskbank.storage.datasets.manifest import Dataset, ImageRecord
+from maskbank.storage.datasets.voc import VOC_CLASSES, is_voc, read_voc
+
+Format = Literal["auto", "coco", "voc", "folder"]
+
+__all__ = [
+    "BACKGROUND", "ClassMap", "Dataset", "DatasetError", "DatasetSpec", "ImageError", "ImageRecord",
+    "VOC_CLASSES", "detect_format", "image_size", "load_rgb", "open_dataset",
+]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a dataset is and how to read it.
+
+    ``path``: a COCO root (with ``annotations/instances_<split>.json``) or instances json, a VOC root, a
+    folder of images, or a labels file (``.csv``/``.json``) beside its images. ``format="auto"`` detects
+    which. ``images`` overrides the images folder (COCO, folder); ``labels`` names a labels file (VOC,
+    folder); ``classes`` fixes a folder's class list (list or text file); ``rename`` maps source class names
+    to new ones (two names to one merge; ``"background"`` folds a class into background);
+    ``skip_unknown`` drops unknown label names instead of raising.
+    """
+
+    path: Path
+    format: Format = "auto"
+    split: str | None = None
+    images: Path | None = None
+    labels: Path | None = None
+    classes: tuple[str, ...] | Path | None = None
+    rename: Mapping[str, str] = field(default_factory=dict)
+    skip_unknown: bool = False
+    name: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> DatasetSpec:
+        """Spec from a plain mapping (e.g. flow parameters); unknown keys raise."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise DatasetError(f"unknown dataset spec keys {unknown}; known: {sorted(known)}")
+        if "path" not in d:
+            raise DatasetError("a dataset spec needs 'path'")
+        return _normalise(cls(**d))
+
+
+def open_dataset(path_or_spec: str | Path | DatasetSpec | Mapping, **options) -> Dataset:
+    """Read a dataset from a path, a :class:`DatasetSpec` or its dict form; ``options`` set spec fields."""
+    if isinstance(path_or_spec, DatasetSpec):
+        spec = _normalise(replace(path_or_spec, **options)) if options else path_or_spec
+    elif isinstance(path_or_spec, Mapping):
+        spec = DatasetSpec.from_dict({**path_or_spec, **options})
+    else:
+        spec = DatasetSpec.from_dict({"path": path_or_spec, **options})
+    fmt = spec.format if spec.format != "auto" else detect_format(spec.path)
+    if fmt == "coco":
+        ann, images = find_coco(spec.path, spec.split, spec.images)
+        return read_coco(ann, images, rename=spec.rename, name=spec.name)
+    if fmt == "voc":
+        return read_voc(spec.path, spec.split, spec.labels, spec.rename, spec.skip_unknown, spec.name)
+    if fmt == "folder":
+        root, labels = spec.path, spec.labels
+        if root.is_file():
+            root, labels = root.parent, labels or root
+        return read_folder(root, spec.images, labels, spec.classes, spec.rename, spec.skip_unknown, spec.name)
+    raise DatasetError(f"unknown dataset format {fmt!r}; use coco, voc or folder")
+
+
+def detect_format(path: str | Path) -> Format:
+    """``coco``, ``voc`` or ``folder`` from what is at ``path``."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() == ".json" and _looks_like_coco(path):
+            return "coco"
+        if path.suffix.lower() in (".json", ".csv"):
+            return "folder"
+        raise DatasetError(f"{path}: expected a folder, a COCO instances json or a labels file")
+    if not path.is_dir():
+        raise DatasetError(f"dataset path not found: {path}")
+    if any(path.glob("annotations/instances_*.json")):
+        return "coco"
+    if is_voc(path):
+        return "voc"
+    return "folder"
+
+
+def _looks_like_coco(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    return b'"images"' in head or b'"annotations"' in head or b'"categories"' in head
+
+
+def _normalise(spec: DatasetSpec) -> DatasetSpec:
+    classes = spec.classes
+    if classes is not None and not isinstance(classes, (str, Path)):
+        classes = tuple(str(c) for c in classes)
+    elif classes is not None:
+        classes = Path(classes)
+    return replace(
+        spec,
+        path=Path(spec.path),
+        images=Path(spec.images) if spec.images is not None else None,
+        labels=Path(spec.labels) if spec.labels is not None else None,
+        classes=classes,
+        rename=dict(spec.rename or {}),
+    )
+

@@ -1,0 +1,158 @@
+"""PASCAL VOC segmentation layout -> :class:`Dataset`.
+
+``<root>/JPEGImages/<id>.jpg``, ``<root>/SegmentationClass/<id>.png`` (palette indices: 0 background,
+1..20 classes, 255 ignore) and ``<root>/ImageSets/Segmentation/<split>.txt``. Image-level labels come from
+a labels file when one is given (names are the 20 standard class names; rows name ``<id>`` or
+``<id>.jpg``), otherwise from each truth PNG (its values minus 0 and 255).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image
+
+from maskbank.storage.datasets.classes import ClassMap, DatasetError
+from maskbank.storage.datasets.hashing import FileHasher
+from maskbank.storage.datasets.images import ImageError, image_size
+from maskbank.storage.datasets.labels_file import empty_label_notes, read_labels_file, to_indices
+from maskbank.storage.datasets.manifest import Dataset, ImageRecord
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+
+def is_voc(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / "JPEGImages").is_dir() and (
+        (path / "SegmentationClass").is_dir() or (path / "ImageSets" / "Segmentation").is_dir()
+    )
+
+
+def read_voc(
+    root: str | Path,
+    split: str | None = None,
+    labels: str | Path | None = None,
+    rename: Mapping[str, str] | None = None,
+    skip_unknown: bool = False,
+    name: str | None = None,
+) -> Dataset:
+    """Read the images of ``split`` (or, without split files, every truth PNG and labels-file row)."""
+    root = Path(root)
+    if not is_voc(root):
+        raise DatasetError(
+            f"{root}: not a VOC folder (needs JPEGImages/ and SegmentationClass/ or ImageSets/Segmentation/)"
+        )
+    classes = ClassMap.build(VOC_CLASSES, rename)
+    seg_dir = root / "SegmentationClass"
+    notes: list[str] = []
+    file_labels: dict[str, tuple[int, ...] | None] | None = None
+    if labels is not None:
+        rows, notes = to_indices(read_labels_file(labels), classes, skip_unknown, labels)
+        file_labels = {}
+        for rel, lab in rows.items():
+            base = PurePosixPath(rel).name
+            image_id = base[:-4] if base.lower().endswith(".jpg") else base
+            if image_id in file_labels:
+                raise DatasetError(f"{labels}: image {image_id!r} is listed twice")
+            file_labels[image_id] = lab
+    ids = _split_ids(root, split, file_labels)
+
+    records, skipped = [], []
+    truth_pngs: dict[str, Path] = {}
+    for image_id in ids:
+        path = root / "JPEGImages" / f"{image_id}.jpg"
+        png = seg_dir / f"{image_id}.png"
+        if not path.is_file():
+            skipped.append((image_id, f"missing image file {path}"))
+            continue
+        try:
+            h, w = image_size(path, exif_transpose=False)
+        except ImageError as e:
+            skipped.append((image_id, str(e)))
+            continue
+        has_truth = png.is_file()
+        if has_truth:
+            truth_pngs[image_id] = png
+        if file_labels is not None:
+            lab = file_labels.get(image_id)
+        elif has_truth:
+            values = np.unique(_read_index_png(png))
+            lab = classes.labels(int(v) - 1 for v in values if 0 < v < 255)
+        else:
+            lab = None
+        records.append(ImageRecord(image_id, Path(os.path.abspath(path)), lab, h, w, has_truth))
+    return Dataset(
+        name=name or (f"voc-{split}" if split else root.name),
+        root=root,
+        classes=classes,
+        records=records,
+        truth_source=VocTruth(classes, truth_pngs),
+        skipped=skipped,
+        notes=notes + empty_label_notes({r.image_id: r.labels for r in records}),
+        exif_transpose=False,
+    )
+
+
+def _split_ids(root: Path, split: str | None, file_labels: dict | None) -> list[str]:
+    sets = root / "ImageSets" / "Segmentation"
+    available = sorted(p.stem for p in sets.glob("*.txt")) if sets.is_dir() else []
+    if split is None and len(available) == 1:
+        split = available[0]
+    if split is None and available:
+        raise DatasetError(f"{root}: choose a VOC split, found {available}")
+    if split is None:
+        stems = {p.stem for p in (root / "SegmentationClass").glob("*.png")}
+        return sorted(stems | set(file_labels or {}))
+    listing = sets / f"{split}.txt"
+    if not listing.is_file():
+        raise DatasetError(f"{root}: no ImageSets/Segmentation/{split}.txt (splits found: {available})")
+    ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
+    dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if dupes:
+        raise DatasetError(f"{listing}: duplicate image ids {dupes[:10]}")
+    bad = [i for i in ids if "/" in i or "\\" in i or i in (".", "..")]
+    if bad:
+        raise DatasetError(f"{listing}: image ids must be plain names: {bad[:10]}")
+    return ids
+
+
+class VocTruth:
+    """Reads SegmentationClass palette PNGs and maps their indices through the class renaming."""
+
+    def __init__(self, classes: ClassMap, pngs: dict[str, Path]) -> None:
+        self.classes = classes
+        self.pngs = pngs
+        lut = np.zeros(256, np.int64)
+        lut[1 : len(VOC_CLASSES) + 1] = classes.source_to_index
+        lut[255] = classes.ignore_index
+        self._lut = lut.astype(classes.truth_dtype)
+
+    def read(self, image_id: str) -> np.ndarray:
+        return self._lut[_read_index_png(self.pngs[image_id])]
+
+    def digest(self, image_ids: Sequence[str], hasher: FileHasher) -> str:
+        entries = [[i, hasher.sha256(self.pngs[i])] for i in image_ids]
+        return hashlib.sha256(json.dumps(entries, separators=(",", ":")).encode()).hexdigest()
+
+
+def _read_index_png(png: Path) -> np.ndarray:
+    try:
+        with Image.open(png) as im:
+            if im.mode not in ("P", "L"):
+                raise DatasetError(f"{png}: truth must be a palette or grey index PNG, got mode {im.mode}")
+            raw = np.asarray(im)
+    except OSError as e:
+        raise DatasetError(f"cannot read truth {png}: {e}") from e
+    bad = np.unique(raw[(raw > len(VOC_CLASSES)) & (raw != 255)])
+    if bad.size:
+        raise DatasetError(f"{png}: values {bad.tolist()} are neither classes 0..{len(VOC_CLASSES)} nor 255")
+    return raw

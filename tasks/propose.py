@@ -1,0 +1,237 @@
+"""Class-agnostic mask proposals: Segment Anything automatic masks, and their non-overlapping cut.
+
+:class:`MaskProposer` runs Meta's ``SamAutomaticMaskGenerator`` (a grid of point prompts, IoU and
+stability filtering, box NMS) and returns :class:`Proposals` as COCO RLEs with their scores.
+:func:`non_overlapping` turns overlapping proposals into disjoint regions, the way ModuSeg paints its
+entity masks: higher-scoring masks win contested pixels and small leftovers are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything.modeling import Sam
+
+from maskbank.tasks import rle
+from maskbank.tasks.models.device import autocast, resolve_device
+from maskbank.tasks.models.sam import build_sam
+
+# ModuSeg keeps entity masks of at least 300 px on VOC/COCO images of about 500x375 px;
+# as a fraction of the image area this carries over to any resolution.
+DEFAULT_MIN_AREA = 300 / (500 * 375)
+
+
+@dataclass(frozen=True)
+class ProposerConfig:
+    """Settings of :class:`MaskProposer` (thresholds as in ``SamAutomaticMaskGenerator``).
+
+    ``input_size`` is the SAM encoder's square input: 1024 is native, 512 is about 4x faster and
+    misses small parts. ``min_area`` is the smallest region :func:`non_overlapping` keeps, as a
+    fraction of the image area (see :meth:`min_area_pixels`).
+    """
+
+    input_size: int = 512
+    points_per_side: int = 16
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.88
+    stability_score_thresh: float = 0.95
+    box_nms_thresh: float = 0.7
+    min_mask_region_area: int = 0
+    bf16: bool = True
+    device: str = "auto"
+    min_area: float = DEFAULT_MIN_AREA
+
+    def __post_init__(self) -> None:
+        if self.input_size < 16 or self.input_size % 16:
+            raise ValueError(f"input_size must be a positive multiple of 16, got {self.input_size}")
+        if self.points_per_side < 1 or self.points_per_batch < 1:
+            raise ValueError("points_per_side and points_per_batch must be >= 1")
+        if not 0.0 <= self.min_area < 1.0:
+            raise ValueError(f"min_area is a fraction of the image area in [0, 1), got {self.min_area}")
+        if self.min_mask_region_area < 0:
+            raise ValueError(f"min_mask_region_area must be >= 0, got {self.min_mask_region_area}")
+
+    def min_area_pixels(self, image_hw: tuple[int, int]) -> int:
+        """``min_area`` in pixels for an image of ``image_hw`` (at least 1)."""
+        return max(1, round(self.min_area * image_hw[0] * image_hw[1]))
+
+
+@dataclass
+class Proposals:
+    """Masks of one image as COCO RLEs, with SAM's scores and per-mask box (xywh, pixels) and area."""
+
+    rles: list[dict]
+    predicted_iou: np.ndarray
+    stability_score: np.ndarray
+    bbox: np.ndarray
+    area: np.ndarray
+    image_hw: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        self.image_hw = (int(self.image_hw[0]), int(self.image_hw[1]))
+        self.predicted_iou = np.asarray(self.predicted_iou, dtype=np.float32).reshape(-1)
+        self.stability_score = np.asarray(self.stability_score, dtype=np.float32).reshape(-1)
+        self.bbox = np.asarray(self.bbox, dtype=np.int32).reshape(-1, 4)
+        self.area = np.asarray(self.area, dtype=np.int64).reshape(-1)
+        n = len(self.rles)
+        lengths = {len(self.predicted_iou), len(self.stability_score), len(self.bbox), len(self.area)}
+        if lengths != {n}:
+            raise ValueError(f"proposal arrays are not aligned with {n} masks: lengths {sorted(lengths)}")
+        for r in self.rles:
+            if tuple(r["size"]) != self.image_hw:
+                raise ValueError(f"RLE size {r['size']} != image size {list(self.image_hw)}")
+
+    @classmethod
+    def from_rles(
+        cls,
+        rles: list[dict],
+        predicted_iou: np.ndarray,
+        stability_score: np.ndarray,
+        image_hw: tuple[int, int],
+    ) -> Proposals:
+        """Proposals whose boxes and areas are measured from the RLEs."""
+        return cls(rles, predicted_iou, stability_score, rle.bbox(rles), rle.area(rles), image_hw)
+
+    @classmethod
+    def empty(cls, image_hw: tuple[int, int]) -> Proposals:
+        """No proposals for an ``image_hw`` image."""
+        return cls.from_rles([], np.zeros(0), np.zeros(0), image_hw)
+
+    @property
+    def score(self) -> np.ndarray:
+        """Ranking score ``predicted_iou * stability_score``, ``float32[N]``."""
+        return self.predicted_iou * self.stability_score
+
+    def masks(self) -> np.ndarray:
+        """Decoded masks, ``bool[N, H, W]``."""
+        return rle.decode(self.rles, self.image_hw)
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def select(self, idx: np.ndarray | list[int] | slice) -> Proposals:
+        """The proposals at ``idx`` (integer indices, a boolean mask of length N, or a slice), in that order."""
+        picked = np.arange(len(self))[idx]
+        return Proposals(
+            [self.rles[i] for i in picked],
+            self.predicted_iou[picked],
+            self.stability_score[picked],
+            self.bbox[picked],
+            self.area[picked],
+            self.image_hw,
+        )
+
+
+class _AutocastPredictor(SamPredictor):
+    """``SamPredictor`` that runs the encoder and decoder under optional bf16 autocast.
+
+    IoU predictions come back as float32 (the generator turns them into numpy, which has no bf16);
+    mask logits stay in the autocast dtype to halve the memory of the full-size upsampled masks.
+    """
+
+    def __init__(self, sam: Sam, bf16: bool) -> None:
+        super().__init__(sam)
+        self.bf16 = bf16
+
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        with autocast(self.device, self.bf16):
+            super().set_torch_image(transformed_image, original_image_size)
+
+    def predict_torch(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with autocast(self.device, self.bf16):
+            masks, iou_predictions, low_res_masks = super().predict_torch(*args, **kwargs)
+        return masks, iou_predictions.float(), low_res_masks
+
+
+class _Generator(SamAutomaticMaskGenerator):
+    def __init__(self, sam: Sam, bf16: bool, **kwargs) -> None:
+        super().__init__(sam, **kwargs)
+        self.predictor = _AutocastPredictor(sam, bf16)
+
+
+class MaskProposer:
+    """Segment Anything automatic mask generation on one ``uint8[H, W, 3]`` RGB image at a time."""
+
+    def __init__(self, sam: Sam, config: ProposerConfig | None = None) -> None:
+        self.config = config or ProposerConfig()
+        if sam.image_encoder.img_size != self.config.input_size:
+            raise ValueError(
+                f"SAM encoder input is {sam.image_encoder.img_size} but config.input_size is {self.config.input_size}"
+            )
+        self.device = resolve_device(self.config.device)
+        self.sam = sam.to(self.device).eval()
+        c = self.config
+        self.generator = _Generator(
+            self.sam,
+            bf16=c.bf16,
+            points_per_side=c.points_per_side,
+            points_per_batch=c.points_per_batch,
+            pred_iou_thresh=c.pred_iou_thresh,
+            stability_score_thresh=c.stability_score_thresh,
+            box_nms_thresh=c.box_nms_thresh,
+            min_mask_region_area=c.min_mask_region_area,
+            output_mode="coco_rle",
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: Path | str | None, config: ProposerConfig | None = None, arch: str = "vit_t"
+    ) -> MaskProposer:
+        """Build the ``arch`` SAM at ``config.input_size`` from ``checkpoint`` and wrap it."""
+        config = config or ProposerConfig()
+        return cls(build_sam(arch, checkpoint, image_size=config.input_size), config)
+
+    def __call__(self, image: np.ndarray) -> Proposals:
+        """Proposals for ``image``, best predicted IoU first.
+
+        An image with a side of one pixel has nothing to segment and gets no proposals (SAM's box NMS
+        cannot tell apart masks one pixel wide). Identical masks are kept once.
+        """
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"image must be a uint8[H, W, 3] RGB array, got {got}")
+        image_hw = (image.shape[0], image.shape[1])
+        if min(image_hw) < 2:
+            return Proposals.empty(image_hw)
+        records = self.generator.generate(np.ascontiguousarray(image))
+        records.sort(key=lambda r: -r["predicted_iou"])
+        seen: set[str] = set()
+        unique = []
+        for r in records:
+            if r["segmentation"]["counts"] not in seen:
+                seen.add(r["segmentation"]["counts"])
+                unique.append(r)
+        return Proposals.from_rles(
+            [{"size": list(image_hw), "counts": r["segmentation"]["counts"]} for r in unique],
+            np.array([r["predicted_iou"] for r in unique]),
+            np.array([r["stability_score"] for r in unique]),
+            image_hw,
+        )
+
+
+def non_overlapping(props: Proposals, min_area: int) -> Proposals:
+    """Disjoint regions from overlapping proposals.
+
+    Masks are painted in ascending ``score`` order so higher scores win contested pixels (on equal
+    scores the earlier mask wins). Each mask keeps its visible pixels; regions with fewer than
+    ``max(min_area, 1)`` pixels are dropped. Boxes and areas are recomputed, scores and order kept.
+    """
+    if min_area < 0:
+        raise ValueError(f"min_area must be >= 0, got {min_area}")
+    if len(props) == 0:
+        return props
+    masks = props.masks()
+    owner = np.full(props.image_hw, -1, dtype=np.int64)
+    best_first = np.argsort(-props.score, kind="stable")
+    for i in best_first[::-1]:
+        owner[masks[i]] = i
+    visible = np.bincount(owner.ravel() + 1, minlength=len(props) + 1)[1:]
+    keep = np.flatnonzero(visible >= max(min_area, 1))
+    regions = owner[None] == keep[:, None, None]
+    return Proposals.from_rles(
+        rle.encode(regions), props.predicted_iou[keep], props.stability_score[keep], props.image_hw
+    )

@@ -1,0 +1,142 @@
+"""The main flow on a slice of the bundled sample with the real models at light settings: what a rerun
+computes, what a parameter change reruns, what one new image costs, and how lost outputs come back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.real]
+
+TRAIN = ["000000196610", "000000204805", "000000425988", "000000278528"]
+VAL = ["000000184324", "000000208901"]
+COMPUTE_TASKS = {"propose", "embed", "pool", "seed", "bank", "retrieve", "evaluate"}
+
+
+def _coco_slice(sample: Path, dest: Path, split: str, stems: list[str]) -> Path:
+    coco = json.loads((sample / "annotations" / f"instances_{split}.json").read_text())
+    images = [im for im in coco["images"] if im["file_name"][:-4] in stems]
+    ids = {im["id"] for im in images}
+    coco["images"], coco["annotations"] = images, [a for a in coco["annotations"] if a["image_id"] in ids]
+    (dest / "annotations").mkdir(parents=True, exist_ok=True)
+    (dest / split).mkdir(parents=True, exist_ok=True)
+    for im in images:
+        shutil.copy2(sample / split / im["file_name"], dest / split / im["file_name"])
+    path = dest / "annotations" / f"instances_{split}.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def _light_params(k: int = 25):
+    from maskbank.flows.params import EmbedParams, ProposeParams, RetrieveParams, RunParams
+
+    return RunParams(propose=ProposeParams(points_per_side=4), embed=EmbedParams(long_side=224),
+                     retrieve=RetrieveParams(k=k, rule="majority"), shard_size=2)
+
+
+def _run(train_json: Path, val_json: Path, store: Path, params):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from maskbank.flows.label import label_images
+    from maskbank.flows.stages.ingest import DatasetInput
+
+    state = label_images(datasets=[DatasetInput(path=str(train_json))], store=str(store),
+                         targets=[DatasetInput(path=str(val_json))], params=params, device="cpu",
+                         return_state=True)
+    summary = state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    states: dict[str, set[str]] = {}
+    for tr in runs:
+        states.setdefault(tr.name.split("-")[0], set()).add(tr.state.name)
+    return summary, states
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, sample_root):
+    root = tmp_path_factory.mktemp("coco")
+    train = _coco_slice(sample_root, root, "train2017", TRAIN[:3])
+    val = _coco_slice(sample_root, root, "val2017", VAL)
+    return root, train, val
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, data, tmp_path_factory):
+    _, train, val = data
+    store = tmp_path_factory.mktemp("store") / "s.zarr"
+    summary, states = _run(train, val, store, _light_params())
+    return store, summary, states
+
+
+def test_first_run_computes_everything(first_run):
+    store, summary, states = first_run
+    assert summary.computed == {"propose": 5, "embed": 5, "pool": 5}
+    assert summary.pseudo_label_metrics["images"] == 3 and summary.prediction_metrics["images"] == 2
+    assert 0.0 <= summary.pseudo_label_metrics["classes"]["miou"] <= 1.0
+    assert COMPUTE_TASKS <= set(states)
+
+
+def test_second_run_is_fully_cached(first_run, data):
+    store, first, _ = first_run
+    _, train, val = data
+    summary, states = _run(train, val, store, _light_params())
+    assert summary.computed == {"propose": 0, "embed": 0, "pool": 0}
+    assert {t: states[t] for t in COMPUTE_TASKS} == {t: {"Cached"} for t in COMPUTE_TASKS}
+    assert (summary.pseudo_labels, summary.bank, summary.predictions) == (first.pseudo_labels, first.bank, first.predictions)
+
+
+def test_changing_k_reruns_only_retrieval_and_evaluation(first_run, data):
+    store, first, _ = first_run
+    _, train, val = data
+    summary, states = _run(train, val, store, _light_params(k=3))
+    for t in ("propose", "embed", "pool", "seed", "bank"):
+        assert states[t] == {"Cached"}, t
+    assert states["retrieve"] == {"Completed"}
+    assert "Completed" in states["evaluate"]  # the pseudo-label evaluation stays cached
+    assert summary.bank == first.bank and summary.predictions != first.predictions
+
+
+def test_deleted_zarr_output_is_recomputed(first_run, data):
+    from maskbank.flows.stages.embed import features_key
+    from maskbank.storage.store import FEATURES, Store
+
+    store, first, _ = first_run
+    _, train, val = data
+    st = Store.open(store, create=False)
+    key = features_key(_light_params().embed)
+    victim = st.list_items(FEATURES, key)[0]
+    assert st.delete_item(FEATURES, key, victim)
+    summary, states = _run(train, val, store, _light_params())
+    assert summary.computed["embed"] == 1 and summary.computed["propose"] == 0
+    assert st.has_item(FEATURES, key, victim)
+    assert summary.predictions == first.predictions
+
+
+def test_adding_an_image_computes_only_that_image(first_run, data, sample_root):
+    store, first, _ = first_run
+    root, _, val = data
+    train = _coco_slice(sample_root, root, "train2017", TRAIN)  # one more labelled image
+    summary, _ = _run(train, val, store, _light_params())
+    assert summary.computed == {"propose": 1, "embed": 1, "pool": 1}
+    assert summary.pseudo_labels != first.pseudo_labels
+
+
+def test_versions_accumulate_and_are_listed(first_run):
+    from typer.testing import CliRunner
+
+    from maskbank.cli import app
+    from maskbank.storage.store import Store
+    from maskbank.storage.versions import list_versions
+
+    store, _, _ = first_run
+    infos = list_versions(Store.open(store, create=False))
+    kinds = [v.kind for v in infos]
+    assert kinds.count("predictions") >= 2 and kinds.count("pseudo_labels") >= 2
+    out = CliRunner().invoke(app, ["versions", str(store)])
+    assert out.exit_code == 0, out.output
+    assert all(v.id in out.output for v in infos)
+    assert "mIoU" in out.output
