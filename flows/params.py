@@ -38,12 +38,18 @@ class EmbedParams(_Params):
 
 
 class SeedParams(_Params):
-    """Seed labels of labelled images from image-level labels and features alone."""
+    """Seed labels of labelled images from image-level labels and features alone (see ``tasks/seed.py``)."""
 
-    neighbours: int = Field(20, ge=1, description="Neighbour images consulted per proposal (one best match each).")
-    background_bias: float = Field(0.7, description="Evidence a class needs to beat background.")
+    quantile: float = Field(0.75, ge=0, le=1, description="Quantile of a proposal's best matches in images without a class that its evidence is measured against.")
+    contrast_scale: float = Field(0.1, gt=0, description="Cosine contrast worth one unit of score.")
+    background_bias: float = Field(0.5, description="Score of background: the evidence a class needs to claim a proposal.")
     saliency_weight: float = Field(1.0, ge=0, description="Weight of the saliency foreground prior (0 = off).")
     rounds: int = Field(2, ge=0, description="Refinement rounds against the other images' seeds.")
+
+    def config(self) -> "SeedConfig":
+        from maskbank.tasks.seed import SeedConfig
+
+        return SeedConfig(**self.model_dump())
 
 
 class BankParams(_Params):

@@ -3,19 +3,18 @@
 No text model and no ground truth: the evidence is how a proposal's feature relates to proposals of *other*
 labelled images.
 
-1. **Label enrichment** (cross-image evidence). A proposal's nearest proposals in other images come from
-   images labelled ``c`` far more often than chance when the proposal shows a ``c``; background stuff (sky,
-   road, wall) has neighbours whose labels look like the dataset's base rates. For each candidate class the
-   score is the log ratio of the similarity-weighted share of neighbours whose image has ``c`` to that
-   class's base rate, with additive smoothing so rare classes are not over-trusted. Neighbours are taken
-   at most once per image, so one image with many similar parts cannot dominate.
+1. **Class contrast** (cross-image evidence). An object of class ``c`` finds a close match in some other
+   image labelled ``c``, and matches images *without* ``c`` clearly worse; background stuff (sky, road,
+   wall) matches both groups alike. The score of ``c`` is the proposal's best match over the other images
+   labelled ``c`` minus a high quantile of its best matches over images without ``c``. A class no other
+   image has gives no evidence (0).
 2. **Foreground prior** (optional). A saliency value per proposal in [0, 1] (e.g. the DINOv2 saliency head)
    shifts the background score.
 3. **Every label is somewhere**. Each of an image's labels claims at least its best-scoring proposal
    (multiple-instance constraint), unless the image has no proposals.
 4. **Refinement**. Seeds become a leave-one-image-out prototype bank: each proposal is re-scored by its
-   class-balanced similarity to seeds of each allowed class (its image's labels and background) in other
-   images, mixed with the enrichment score, and re-assigned; repeated ``rounds`` times.
+   class-balanced similarity to the seeds of each allowed class (its image's labels) relative to the
+   background seeds in other images, added to the contrast score, and re-assigned; ``rounds`` times.
 
 All functions are pure numpy/torch; features are unit-norm rows, one per proposal.
 """

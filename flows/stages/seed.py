@@ -12,10 +12,10 @@ from maskbank.flows.keys import code_version, digest
 from maskbank.flows.stages.labelmaps import label_maps_complete, write_label_map
 from maskbank.flows.stages.pool import POOLED
 from maskbank.storage.store import Store
-from maskbank.storage.versions import get_version, publish_version, version_id
+from maskbank.storage.versions import publish_version, version_id
 from maskbank.tasks.paint import paint_by_score
 from maskbank.tasks.models.device import resolve_device
-from maskbank.tasks.seed import SeedConfig, seed_proposals
+from maskbank.tasks.seed import seed_proposals
 
 KIND = "pseudo_labels"
 MODULES = ("maskbank.tasks.seed", "maskbank.tasks.paint", __name__)
@@ -55,8 +55,7 @@ def seed_collection(
         multi_hot[j, collection.labels[i]] = True
     features, saliency, index = load_pooled(st, pooled_key, keys)
     use_sal = params.saliency_weight > 0 and len(saliency) and not np.isnan(saliency).any()
-    config = SeedConfig(background_bias=params.background_bias, saliency_weight=params.saliency_weight,
-                        rounds=params.rounds)
+    config = params.config()
     result = seed_proposals(features, index, multi_hot, saliency=saliency if use_sal else None, config=config,
                             device=resolve_device(device))
     chosen = np.take_along_axis(result.scores, result.labels[:, None].astype(np.int64), 1)[:, 0] if len(index) else np.zeros(0)
