@@ -9,10 +9,12 @@ from typing import Optional
 
 import typer
 
+from maskbank.commands import inspect as inspect_commands
 from maskbank.commands.weights import weights_app
 
 app = typer.Typer(help="maskbank: pixel-level labels from image-level labels, without training.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
+inspect_commands.register(app)
 
 
 def sample_root() -> Path:

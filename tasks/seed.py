@@ -10,8 +10,10 @@ labelled images.
    image has gives no evidence (0).
 2. **Foreground prior** (optional). A saliency value per proposal in [0, 1] (e.g. the DINOv2 saliency head)
    shifts the background score.
-3. **Every label is somewhere**. Each of an image's labels claims at least its best-scoring proposal
-   (multiple-instance constraint), unless the image has no proposals.
+3. **Every label is somewhere** (optional, ``claim_labels``). Each of an image's labels claims at least its
+   best-scoring proposal (multiple-instance constraint). Off by default: with coarse proposals, small
+   labelled objects (a tie, a fork) often have no proposal of their own and would take one from a larger
+   object.
 4. **Refinement**. Seeds become a leave-one-image-out prototype bank: each proposal is re-scored by its
    class-balanced similarity to the seeds of each allowed class (its image's labels) relative to the
    background seeds in other images, added to the contrast score, and re-assigned; ``rounds`` times.
@@ -47,6 +49,8 @@ class SeedConfig:
     """Weight of prototype evidence (similarity to a class's seeds minus to background seeds) in refinement."""
     temperature: float = 0.1
     """Cosine difference worth one unit of score in refinement."""
+    claim_labels: bool = False
+    """Make every image label claim at least one proposal."""
 
 
 @dataclass
@@ -126,6 +130,11 @@ def _claim_each_label(scores: np.ndarray, labels: np.ndarray, image_index: np.nd
     return labels
 
 
+def _assign(scores: np.ndarray, image_index: np.ndarray, image_labels: np.ndarray, claim: bool) -> np.ndarray:
+    labels = scores.argmax(1)
+    return _claim_each_label(scores, labels, image_index, image_labels) if claim else labels
+
+
 def _class_balanced_similarity(
     features: np.ndarray, seeds: np.ndarray, image_index: np.ndarray, n_classes: int, top: int,
     device: str | torch.device,
@@ -180,7 +189,7 @@ def seed_proposals(
         scores += config.saliency_weight * np.log(sal / (1 - sal))[:, None]
     scores[:, 0] = config.background_bias
     base = np.where(allowed, scores, -np.inf).astype(np.float32)
-    labels = _claim_each_label(base, base.argmax(1), image_index, image_labels)
+    labels = _assign(base, image_index, image_labels, config.claim_labels)
 
     final = base
     for _ in range(config.rounds):
@@ -190,5 +199,5 @@ def seed_proposals(
         rel[:, 0] = 0.0
         final = base + config.refine_weight * np.nan_to_num(rel, nan=0.0)
         final = np.where(allowed, final, -np.inf).astype(np.float32)
-        labels = _claim_each_label(final, final.argmax(1), image_index, image_labels)
+        labels = _assign(final, image_index, image_labels, config.claim_labels)
     return SeedResult(labels.astype(np.int32), final)

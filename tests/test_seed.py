@@ -62,12 +62,12 @@ def test_seeds_recover_the_truth(world):
     assert np.all(np.isneginf(res.scores[index < 2, 2]))
 
 
-def test_every_label_claims_a_proposal_and_saliency_moves_background():
+def test_claimed_labels_and_saliency_moves_background():
     # one image labelled {1} whose only proposal looks like shared background: it is still claimed by 1
     feats = _unit(np.array([[1, 0, 0], [1, 0.01, 0], [1, 0, 0.01]], np.float32))
     index = np.array([0, 1, 2])
     labels = np.array([[0, 1], [0, 0], [0, 0]], bool)
-    res = seed_proposals(feats, index, labels, config=SeedConfig(rounds=0))
+    res = seed_proposals(feats, index, labels, config=SeedConfig(rounds=0, claim_labels=True))
     assert res.labels[0] == 1 and res.labels[1] == 0 and res.labels[2] == 0
     # with two proposals in the labelled image the salient one is the object
     feats2 = _unit(np.array([[1, 0, 0], [1, 0.02, 0], [1, 0.01, 0], [1, 0, 0.01]], np.float32))

@@ -60,9 +60,9 @@ def build_bank(
     for j, (vectors, labels) in enumerate(dask.compute(*parts, scheduler="threads")):
         builder.add(j, vectors, labels)
     bank = builder.build(drop_ratio=params.filter_ratio)
-    arrays = {"vectors": bank.vectors, "labels": bank.labels, "image": bank.image_index,
+    arrays = {"vectors": bank.vectors, "labels": bank.labels, "prototype_image": bank.image_index,
               "image_key": np.array(keys), "class_name": np.array(collection.class_names)}
-    dims = {"vectors": ("prototype", "channel"), "labels": ("prototype",), "image": ("prototype",),
+    dims = {"vectors": ("prototype", "channel"), "labels": ("prototype",), "prototype_image": ("prototype",),
             "image_key": ("image",), "class_name": ("class",)}
     info = publish_version(st, KIND, vparams, [labels_version.id], collection.fingerprints, code_version=code,
                            arrays=arrays, dims=dims, metrics={"prototypes": int(len(bank.labels)),
@@ -72,4 +72,4 @@ def build_bank(
 
 def load_bank(store: Store, bank_version: str) -> PrototypeBank:
     a = read_version(store, bank_version).arrays
-    return PrototypeBank(a["vectors"], a["labels"], a["image"], [str(c) for c in a["class_name"]])
+    return PrototypeBank(a["vectors"], a["labels"], a["prototype_image"], [str(c) for c in a["class_name"]])

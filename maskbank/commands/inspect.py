@@ -1,0 +1,270 @@
+"""``maskbank inspect``, ``show`` and ``compare``: look inside a store without writing code.
+
+``inspect`` prints the store as a tree; ``show`` draws one image's layer (proposal outlines, feature PCA,
+saliency, seed / prediction / truth label maps) beside the photo as a PNG; ``compare`` measures where two
+label versions differ and how their per-class IoU moved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+StoreArg = Annotated[Path, typer.Argument(help="Zarr store path.")]
+
+
+class Layer(str, Enum):
+    masks = "masks"
+    features = "features"
+    saliency = "saliency"
+    seeds = "seeds"
+    prediction = "prediction"
+    truth = "truth"
+
+
+LABEL_LAYERS = {Layer.seeds: "pseudo_labels", Layer.prediction: "predictions"}
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``inspect``, ``show`` and ``compare`` commands to ``app``."""
+    app.command("inspect")(inspect_store)
+    app.command("show")(show)
+    app.command("compare")(compare)
+
+
+def inspect_store(
+    store: StoreArg,
+    show_all: Annotated[bool, typer.Option("--all", help="List every item of the per-image stages.")] = False,
+) -> None:
+    """Print the store as a tree: groups, arrays (dims, shape, chunks, dtype, bytes on disk and in memory),
+    datasets and versions. Per-image stage keys are summarised unless --all."""
+    from maskbank.commands.tree import store_tree
+
+    for line in store_tree(_open(store), show_all=show_all):
+        typer.echo(line)
+
+
+def show(
+    store: StoreArg,
+    image_id: Annotated[str, typer.Argument(help="Dataset image id, e.g. 000000196610.")],
+    layer: Annotated[Layer, typer.Option(help="What to draw beside the photo.")],
+    version: Annotated[Optional[str], typer.Option(help="seeds/prediction: version id or prefix (default: the newest holding the image).")] = None,
+    key: Annotated[Optional[str], typer.Option(help="masks/features/saliency: stage key or prefix, when several hold the image.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: <image id>-<layer>.png).")] = None,
+) -> None:
+    """Draw one image's layer beside its photo as a PNG: proposal outlines, feature PCA, saliency heat
+    map, or a label map (seeds, prediction, truth) with a legend of its classes."""
+    from maskbank.commands.lookup import find_image
+    from maskbank.storage.datasets import load_rgb
+
+    st = _open(store)
+    with _reported():
+        ref = find_image(st, image_id)
+        photo = load_rgb(ref.path, exif_transpose=ref.manifest.exif_transpose)
+        panels, titles = _layer_panels(st, ref, photo, layer, version, key)
+    out = out or Path(f"{image_id.replace('/', '_')}-{layer.value}.png")
+    _save(panels, titles, out)
+
+
+def compare(
+    store: StoreArg,
+    versions: Annotated[tuple[str, str], typer.Option("--versions", help="Two label versions (ids or prefixes): A B.")],
+    image: Annotated[Optional[str], typer.Option(help="Also draw this dataset image: A | B | pixels that differ.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="PNG for --image (default: <image>-<A>-vs-<B>.png).")] = None,
+) -> None:
+    """Where two pseudo-label or prediction versions differ: the share of differing pixels per image and,
+    when both were evaluated, the per-class IoU change."""
+    from maskbank.commands.lookup import LABEL_KINDS, resolve_version
+
+    if out is not None and image is None:
+        raise typer.BadParameter("--out names the picture of one image; give --image too")
+    st = _open(store)
+    picture = None
+    with _reported():
+        a, b = (resolve_version(st, v, LABEL_KINDS) for v in versions)
+        _pixel_differences(st, a, b)
+        _iou_change(st, a, b)
+        if image is not None:
+            picture = _difference_panels(st, image, a, b)
+    if picture is not None:
+        _save(*picture, out or Path(f"{image.replace('/', '_')}-{a.id[:8]}-vs-{b.id[:8]}.png"))
+
+
+def _pixel_differences(st, a, b) -> None:
+    """Print the share of pixels whose label differs, per image labelled by both versions and overall."""
+    from maskbank.commands.lookup import LABELS
+    from maskbank.flows.stages.labelmaps import read_label_map
+
+    keys_a, keys_b = set(st.list_items(LABELS, a.id)), set(st.list_items(LABELS, b.id))
+    common = sorted(keys_a & keys_b)
+    typer.echo(f"A {a.id} ({a.kind}, {len(keys_a)} images)   B {b.id} ({b.kind}, {len(keys_b)} images)   "
+               f"{len(common)} images in both")
+    if not common:
+        typer.echo("no image has a label map in both versions")
+    differing = total = 0
+    for k in common:
+        la, lb = read_label_map(st, a.id, k), read_label_map(st, b.id, k)
+        source = st.read_attrs(st.item_path(LABELS, a.id, k)).get("source_image_id", k)
+        if la.shape != lb.shape:
+            typer.echo(f"  {source:<24} {k}  label maps of different sizes {la.shape} / {lb.shape}")
+            continue
+        n = int((la != lb).sum())
+        differing, total = differing + n, total + la.size
+        typer.echo(f"  {source:<24} {k}  {n / la.size:7.2%} of pixels differ ({n} of {la.size})")
+    if total:
+        typer.echo(f"  {'all':<24} {'':<{len(common[0])}}  {differing / total:7.2%} of pixels differ")
+    for name, only in (("A", keys_a - keys_b), ("B", keys_b - keys_a)):
+        if only:
+            typer.echo(f"only in {name}: {len(only)} images (IoU changes below mix other images with other labels)")
+
+
+def _layer_panels(st, ref, photo: np.ndarray, layer: Layer, version: str | None, key: str | None):
+    """``(panels, titles)`` of ``layer`` for the image ``ref``."""
+    from maskbank.commands.lookup import (
+        LABELS, NotInStoreError, class_names_of, latest_labels_version, open_truth, resolve_version, stage_key,
+    )
+    from maskbank.flows.stages.labelmaps import read_label_map
+    from maskbank.tasks import render
+
+    name = f"{ref.image_id} ({ref.manifest.name})"
+    if layer == Layer.masks:
+        pk = stage_key(st, "proposals", ref.key, key)
+        props = st.read_proposals(pk, ref.key)
+        _same_size(props.image_hw, photo, f"proposals/{pk}")
+        return [photo, render.draw_outlines(photo, props.masks())], [name, f"{len(props)} proposals  ({pk})"]
+    if layer == Layer.features:
+        fk = stage_key(st, "features", ref.key, key)
+        features, geometry = st.read_features(fk, ref.key)
+        _same_size(geometry.image_hw, photo, f"features/{fk}")
+        rgb = render.to_uint8(geometry.to_image(render.pca_rgb(features)))
+        h, w, c = features.shape
+        return [photo, rgb], [name, f"features PCA: {h}x{w} tokens, {c} channels  ({fk})"]
+    if layer == Layer.saliency:
+        sk = stage_key(st, "saliency", ref.key, key)
+        sal = st.read_image_item("saliency", sk, ref.key).arrays["saliency"].astype(np.float32)
+        heat = render.heatmap(render.resize(sal, photo.shape[:2]))
+        return [photo, heat], [name, f"saliency {np.nanmin(sal):.2f} (black) .. {np.nanmax(sal):.2f} (yellow)  ({sk})"]
+    if layer == Layer.truth:
+        truth, ignore = open_truth(ref)
+        title = "truth"
+        if truth.shape != photo.shape[:2]:  # an image over the working size is processed downscaled
+            title += f" (downscaled from {truth.shape[0]}x{truth.shape[1]})"
+            truth = render.resize(truth, photo.shape[:2], nearest=True)
+        return _label_panels(photo, truth, ref.manifest.class_names, ignore, name, title)
+    kind = LABEL_LAYERS[layer]
+    v = resolve_version(st, version, (kind,)) if version else latest_labels_version(st, kind, ref)
+    if not st.has_item(LABELS, v.id, ref.key):
+        raise NotInStoreError(f"{kind} version {v.id} has no label map of image {ref.image_id!r}")
+    labels = read_label_map(st, v.id, ref.key)
+    _same_size(labels.shape, photo, f"labels/{v.id}")
+    return _label_panels(photo, labels, class_names_of(st, v, ref.manifest), None, name, f"{kind} {v.id}")
+
+
+def _label_panels(photo, labels, class_names, ignore, name, title):
+    from maskbank.tasks import render
+
+    legend = render.class_legend([labels], class_names, ignore)
+    return [photo, render.colorize_labels(labels, ignore), legend], [name, title, "classes"]
+
+
+def _difference_panels(st, image_id: str, a, b):
+    from maskbank.commands.lookup import LABELS, NotInStoreError, class_names_of, find_image
+    from maskbank.flows.stages.labelmaps import read_label_map
+    from maskbank.storage.datasets import load_rgb
+    from maskbank.tasks import render
+
+    ref = find_image(st, image_id)
+    for v in (a, b):
+        if not st.has_item(LABELS, v.id, ref.key):
+            raise NotInStoreError(f"version {v.id} has no label map of image {image_id!r}")
+    la, lb = read_label_map(st, a.id, ref.key), read_label_map(st, b.id, ref.key)
+    photo = load_rgb(ref.path, exif_transpose=ref.manifest.exif_transpose)
+    for v, lab in ((a, la), (b, lb)):
+        _same_size(lab.shape, photo, f"labels/{v.id}")
+    diff = la != lb
+    names = class_names_of(st, a, ref.manifest)
+    panels = [render.colorize_labels(la), render.colorize_labels(lb), render.highlight(photo, diff),
+              render.class_legend([la, lb], names)]
+    titles = [f"A {a.id} ({a.kind})", f"B {b.id} ({b.kind})", f"{image_id}: {diff.mean():.2%} differ (red)", "classes"]
+    return panels, titles
+
+
+def _iou_change(st, a, b) -> None:
+    from maskbank.storage.versions import list_versions
+
+    evals = {}
+    for v in list_versions(st, "evaluation"):
+        for parent in (a.id, b.id):
+            if v.parents == (parent,) and v.metrics:
+                evals[parent] = v
+    missing = [x.id for x in (a, b) if x.id not in evals]
+    if missing:
+        typer.echo(f"no per-class IoU change: no evaluation version of {', '.join(missing)}")
+        return
+    ma, mb = evals[a.id].metrics, evals[b.id].metrics
+    typer.echo(f"evaluations: A {evals[a.id].id} ({ma['images']} images), B {evals[b.id].id} ({mb['images']} images)")
+    for part in ("classes", "voc21"):
+        if part not in ma or part not in mb:
+            continue
+        ia, ib = ma[part]["iou"], mb[part]["iou"]
+        typer.echo(f"{'class' if part == 'classes' else 'VOC-21 class':<20} {'IoU A':>8} {'IoU B':>8} {'change':>8}")
+        for cls in ia:
+            if ia[cls] is None and ib.get(cls) is None:
+                continue
+            typer.echo(f"{cls:<20} {_fmt(ia[cls])} {_fmt(ib.get(cls))} {_fmt_change(ia[cls], ib.get(cls))}")
+        typer.echo(f"{'mIoU':<20} {_fmt(ma[part]['miou'])} {_fmt(mb[part]['miou'])} "
+                   f"{_fmt_change(ma[part]['miou'], mb[part]['miou'])}")
+
+
+def _fmt(v: float | None) -> str:
+    return f"{'-':>8}" if v is None else f"{v:8.4f}"
+
+
+def _fmt_change(x: float | None, y: float | None) -> str:
+    return f"{'-':>8}" if x is None or y is None else f"{y - x:+8.4f}"
+
+
+def _same_size(hw, photo: np.ndarray, what: str) -> None:
+    from maskbank.commands.lookup import NotInStoreError
+
+    if tuple(hw[:2]) != photo.shape[:2]:
+        raise NotInStoreError(f"{what} is {tuple(hw[:2])} but the photo reads as {photo.shape[:2]}")
+
+
+def _save(panels, titles, out: Path) -> None:
+    from PIL import Image
+
+    from maskbank.tasks.render import side_by_side
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(side_by_side(panels, titles)).save(out)
+    typer.echo(f"wrote {out}")
+
+
+def _open(path: Path):
+    from maskbank.storage.store import NotAStoreError, Store
+
+    try:
+        return Store.open(path, create=False)
+    except NotAStoreError as e:
+        raise typer.BadParameter(str(e), param_hint="STORE") from None
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Report what is not in the store (or unreadable) as a one-line error and exit code 1."""
+    from maskbank.commands.lookup import NotInStoreError
+    from maskbank.storage.datasets import ImageError
+    from maskbank.storage.store import MissingItemError
+
+    try:
+        yield
+    except (NotInStoreError, ImageError, MissingItemError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None

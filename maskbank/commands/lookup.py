@@ -1,0 +1,169 @@
+"""Finding things in a store by the names people use: a dataset image id, a version id prefix, the stage
+key that holds an image, and the pixel truth of the dataset an image came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from maskbank.storage.datasets import (
+    Dataset, DatasetError, DatasetSpec, ImageError, ImageRecord, image_size, open_dataset,
+)
+from maskbank.storage.datasets.hashing import sha256_file
+from maskbank.storage.datasets.voc import is_voc
+from maskbank.storage.store import Manifest, Store
+from maskbank.storage.versions import VersionInfo, list_versions
+
+LABELS = "labels"
+LABEL_KINDS = ("pseudo_labels", "predictions")
+# Version params that name the stage key a version was computed from, per stage.
+STAGE_PARAMS = {"proposals": "proposals", "pooled": "pooled", "features": "features", "saliency": "features"}
+
+
+class NotInStoreError(LookupError):
+    """What was asked for is not in the store (the message says what is)."""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A dataset image and the content key its per-image outputs are stored under."""
+
+    key: str
+    record: ImageRecord
+    manifest: Manifest
+
+    @property
+    def image_id(self) -> str:
+        return self.record.image_id
+
+    @property
+    def path(self) -> Path:
+        return self.record.path
+
+
+def content_key(record: ImageRecord, exif_transpose: bool) -> str:
+    """The key the flow stores an image's outputs under: ``flows.stages.ingest.image_key`` of the file's
+    hash, orientation and size."""
+    from maskbank.flows.stages.ingest import image_key
+
+    hw = (record.height, record.width)
+    try:
+        if None in hw:
+            hw = image_size(record.path, exif_transpose=exif_transpose)
+        return image_key(sha256_file(record.path), exif_transpose, hw)
+    except (FileNotFoundError, ImageError):
+        raise NotInStoreError(
+            f"image file {record.path} is gone or unreadable; its content key is the hash of the file"
+        ) from None
+
+
+def find_image(store: Store, image_id: str) -> ImageRef:
+    """The image ``image_id`` of a dataset recorded in ``store``; when datasets list it with different
+    files, the first whose content key has outputs in the store."""
+    refs: dict[str, ImageRef] = {}
+    for fp in store.list_manifests():
+        manifest = store.read_manifest(fp)
+        for rec in manifest.records:
+            if rec.image_id == image_id:
+                key = content_key(rec, manifest.exif_transpose)
+                refs.setdefault(key, ImageRef(key, rec, manifest))
+    if not refs:
+        raise NotInStoreError(f"no dataset in {store.path} lists an image {image_id!r}")
+    with_outputs = [r for r in refs.values() if any(keys_holding(store, s, r.key) for s in (*STAGE_PARAMS, LABELS))]
+    return (with_outputs or list(refs.values()))[0]
+
+
+def keys_holding(store: Store, stage: str, image_key: str) -> list[str]:
+    """The keys of ``stage`` with an item for ``image_key``."""
+    return [k for k in store.list_keys(stage) if store.has_item(stage, k, image_key)]
+
+
+def resolve_version(store: Store, ref: str, kinds: tuple[str, ...] | None = None) -> VersionInfo:
+    """The version whose id is ``ref`` or starts with it (of one of ``kinds``)."""
+    matches = [v for v in list_versions(store) if v.id.startswith(ref)]
+    if len(matches) != 1:
+        known = ", ".join(f"{v.id} ({v.kind})" for v in list_versions(store)) or "none"
+        what = "no version" if not matches else f"{len(matches)} versions"
+        raise NotInStoreError(f"{what} matching {ref!r} in {store.path}; versions: {known}")
+    v = matches[0]
+    if kinds is not None and v.kind not in kinds:
+        raise NotInStoreError(f"version {v.id} is a {v.kind} version; expected {' or '.join(kinds)}")
+    return v
+
+
+def latest_labels_version(store: Store, kind: str, image: ImageRef) -> VersionInfo:
+    """The newest ``kind`` version with a label map of ``image``."""
+    found = [v for v in list_versions(store, kind) if store.has_item(LABELS, v.id, image.key)]
+    if not found:
+        raise NotInStoreError(
+            f"no {kind} version in {store.path} holds a label map of image {image.image_id!r} (key {image.key})"
+        )
+    return found[-1]
+
+
+def stage_key(store: Store, stage: str, image_key: str, key: str | None = None) -> str:
+    """The ``stage`` key holding ``image_key``'s item: ``key`` when given, else the only one, else the one
+    named by the newest version that used one."""
+    holding = keys_holding(store, stage, image_key)
+    if key is not None:
+        matches = [k for k in store.list_keys(stage) if k.startswith(key)]
+        if len(matches) != 1:
+            raise NotInStoreError(f"{len(matches)} {stage} keys match {key!r}; keys: {store.list_keys(stage)}")
+        if matches[0] not in holding:
+            raise NotInStoreError(f"{stage}/{matches[0]} has no item for image key {image_key}")
+        return matches[0]
+    if len(holding) == 1:
+        return holding[0]
+    if not holding:
+        raise NotInStoreError(f"no {stage} item for image key {image_key} in {store.path}")
+    param = STAGE_PARAMS.get(stage)
+    for v in reversed(list_versions(store)):
+        if v.params.get(param) in holding:
+            return v.params[param]
+    raise NotInStoreError(f"several {stage} keys hold image key {image_key}: {holding}; choose one with --key")
+
+
+def class_names_of(store: Store, version: VersionInfo, fallback: Manifest) -> list[str]:
+    """Class names of a version's datasets (they share one class list), else ``fallback``'s."""
+    for fp in version.datasets:
+        if fp in store.list_manifests():
+            return store.read_manifest(fp).class_names
+    return fallback.class_names
+
+
+def open_truth(ref: ImageRef) -> tuple[np.ndarray, int]:
+    """``(truth [H, W], ignore index)`` of the image, from its dataset reopened at the manifest's root."""
+    m = ref.manifest
+    if not ref.record.has_truth:
+        raise NotInStoreError(f"image {ref.image_id!r} of dataset {m.name!r} has no pixel truth")
+    dataset = _reopen(m)
+    if ref.image_id not in dataset:
+        raise NotInStoreError(f"dataset {m.name!r} at {m.root} no longer lists image {ref.image_id!r}")
+    if dataset.class_names != m.class_names:
+        raise NotInStoreError(
+            f"dataset {m.name!r} at {m.root} now reads with other class names than were recorded (were the "
+            "classes renamed at ingest?); its truth would not match the store's class indices"
+        )
+    return dataset.truth(ref.image_id), dataset.ignore_index
+
+
+def _reopen(m: Manifest) -> Dataset:
+    """The manifest's dataset read again: VOC at its root, COCO from the annotations beside its images."""
+    root = m.root
+    try:
+        if is_voc(root):
+            split = m.name.removeprefix("voc-") if m.name.startswith("voc-") else None
+            return open_dataset(DatasetSpec(path=root, format="voc", split=split))
+        for base in (root.parent, root.parent.parent):
+            for split in dict.fromkeys((m.name, root.name)):
+                ann = base / "annotations" / f"instances_{split}.json"
+                if ann.is_file():
+                    return open_dataset(DatasetSpec(path=ann, format="coco", images=root))
+    except (DatasetError, ImageError) as e:
+        raise NotInStoreError(f"cannot reopen dataset {m.name!r} at {root} for its truth: {e}") from e
+    raise NotInStoreError(
+        f"cannot reopen dataset {m.name!r} for its truth: {root} is neither a VOC root nor a COCO images folder "
+        "with annotations/instances_<split>.json beside it"
+    )
