@@ -104,10 +104,10 @@ def class_contrast(best: np.ndarray, image_labels: np.ndarray, *, quantile: floa
         neg = ~pos
         pos_best = np.where(pos[None, :] & finite, best, -np.inf).max(1)
         neg_best = np.where(finite[:, neg], best[:, neg], np.nan)
-        if neg.any() and np.isfinite(neg_best).any():
-            neg_q = np.nan_to_num(np.nanquantile(neg_best, quantile, axis=1), nan=0.0)
-        else:
-            neg_q = np.zeros(n_prop, np.float32)
+        neg_q = np.zeros(n_prop, np.float32)
+        rows = np.isfinite(neg_best).any(1)  # with no image without ``c`` to compare to, the reference is 0
+        if rows.any():
+            neg_q[rows] = np.nanquantile(neg_best[rows], quantile, axis=1)
         out[:, c] = np.where(np.isfinite(pos_best), pos_best - neg_q, 0.0)
     return out
 
