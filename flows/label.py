@@ -10,12 +10,15 @@ follows; new images get proposals and features of their own only.
 
 from __future__ import annotations
 
+import time
+
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from maskbank.flows.params import RunParams
 from maskbank.flows.progress import StageProgress
 from maskbank.flows.refs import DatasetRef, ShardRef, VersionRef
+from maskbank.flows.report import publish_run_report
 from maskbank.flows.stages.bank import build_bank
 from maskbank.flows.stages.common import (
     ImageJob, checked, jobs_of, shard_complete, shards, unique_jobs, version_complete,
@@ -41,6 +44,21 @@ class RunSummary(BaseModel):
     prediction_metrics: dict | None = None
     computed: dict[str, int] = {}
     skipped: list[tuple[str, str]] = []
+    images: dict[str, int] = Field({}, description="Labelled, target and distinct images of the run.")
+    seconds: dict[str, float] = Field({}, description="Wall time of each stage in this run, cache hits included.")
+
+
+class _StageClock:
+    """Wall time of consecutive stages: ``lap(stage)`` charges the time since the previous lap to ``stage``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
 
 
 def _per_image(stage: str, task_fn, jobs: list[ImageJob], shard_size: int, **kwargs) -> list[ShardRef]:
@@ -59,6 +77,7 @@ def label_images(
     targets: list[DatasetInput] | None = None,
     params: RunParams = RunParams(),
     device: str = "auto",
+    verify: bool = False,
 ) -> RunSummary:
     """Pseudo-label ``datasets`` (images with image-level labels) and, by retrieval, label ``targets``.
 
@@ -68,10 +87,14 @@ def label_images(
         targets: images to label by retrieval against the bank of ``datasets`` (their labels, if any, unused).
         params: every stage's parameters.
         device: 'auto' (CUDA when present), 'cpu' or 'cuda'.
+        verify: check every stored output the run uses against its content hash (not only its completion
+            mark) and recompute the damaged ones.
     """
     log = get_run_logger()
-    labelled = combine([ingest(d, store) for d in datasets])
-    target = combine([ingest(d, store) for d in targets]) if targets else None
+    clock = _StageClock()
+    labelled = combine([ingest(d, store, verify) for d in datasets])
+    target = combine([ingest(d, store, verify) for d in targets]) if targets else None
+    clock.lap("ingest")
     collections = [labelled] + ([target] if target else [])
     jobs = unique_jobs(j for c in collections for j in jobs_of(c))
     log.info("%d labelled images, %d target images, %d distinct", len(labelled.image_ids),
@@ -80,26 +103,35 @@ def label_images(
     p = params
     pk, fk = proposals_key(p.propose), features_key(p.embed)
     proposals = _per_image("propose", propose_shard, jobs, p.shard_size, store=store, key=pk, params=p.propose,
-                           device=device)
+                           device=device, verify=verify)
+    clock.lap("propose")
     features = _per_image("embed", embed_shard, jobs, p.shard_size, store=store, key=fk, params=p.embed,
-                          device=device)
+                          device=device, verify=verify)
+    clock.lap("embed")
     skipped = sorted({s for r in proposals + features for s in r.skipped})
     skip = sorted({k for k, _ in skipped})
     ok_jobs = [j for j in jobs if j.key not in skip]
     plk = pooled_key(pk, fk)
     pooled = _per_image("pool", pool_shard, ok_jobs, p.shard_size, store=store, key=plk, proposals_key=pk,
-                        features_key=fk)
+                        features_key=fk, verify=verify)
+    clock.lap("pool")
 
     pseudo = checked(seed_collection, version_complete, store=store, collection=labelled, proposals_key=pk,
-                     pooled_key=plk, params=p.seed, skip=skip, device=device)
-    pseudo_eval = _evaluate(store, datasets, labelled, pseudo)
+                     pooled_key=plk, params=p.seed, skip=skip, device=device, verify=verify)
+    clock.lap("seed")
+    pseudo_eval = _evaluate(store, datasets, labelled, pseudo, verify)
+    clock.lap("evaluate")
     bank = checked(build_bank, version_complete, store=store, collection=labelled, labels_version=pseudo,
-                   features_key=fk, params=p.bank)
+                   features_key=fk, params=p.bank, verify=verify)
+    clock.lap("bank")
     predictions = pred_eval = None
     if target is not None:
         predictions = checked(retrieve, version_complete, store=store, targets=target, bank_version=bank,
-                              proposals_key=pk, pooled_key=plk, params=p.retrieve, skip=skip)
-        pred_eval = _evaluate(store, targets, target, predictions)
+                              proposals_key=pk, pooled_key=plk, params=p.retrieve, skip=skip,
+                              verify=verify)
+        clock.lap("retrieve")
+        pred_eval = _evaluate(store, targets, target, predictions, verify)
+        clock.lap("evaluate")
 
     summary = RunSummary(
         store=store, labelled=labelled.fingerprint, pseudo_labels=pseudo.id, bank=bank.id,
@@ -108,16 +140,22 @@ def label_images(
         prediction_metrics=pred_eval.metrics if pred_eval else None,
         computed={"propose": sum(len(r.computed) for r in proposals), "embed": sum(len(r.computed) for r in features),
                   "pool": sum(len(r.computed) for r in pooled)},
-        skipped=[(k, why) for k, why in skipped] + [s for c in collections for s in c.skipped],
+        skipped=[(k, why) for k, why in skipped] + [s for c in collections for s in c.skipped]
+        + [(i, why) for e in (pseudo_eval, pred_eval) if e for i, why in e.metrics.get("skipped", [])],
+        images={"labelled": len(labelled.image_ids), "targets": len(target.image_ids) if target else 0,
+                "distinct": len(jobs)},
+        seconds=clock.seconds,
     )
     for name, m in (("pseudo-labels", summary.pseudo_label_metrics), ("retrieval", summary.prediction_metrics)):
         if m:
             log.info("%s mIoU %.4f over %d images", name, m["classes"]["miou"], m["images"])
+    publish_run_report(summary, datasets, targets, params, device)
     return summary
 
 
-def _evaluate(store: str, inputs: list[DatasetInput], collection: DatasetRef, version: VersionRef) -> VersionRef | None:
+def _evaluate(store: str, inputs: list[DatasetInput], collection: DatasetRef, version: VersionRef,
+              verify: bool) -> VersionRef | None:
     if not any(collection.has_truth):
         return None
     return checked(evaluate, version_complete, store=store, datasets=inputs, collection=collection,
-                   labels_version=version)
+                   labels_version=version, verify=verify)

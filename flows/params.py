@@ -20,12 +20,13 @@ class ProposeParams(_Params):
     model: str = Field("mobile_sam", description="Checkpoint name from `maskbank weights list` (mobile_sam, sam_vit_b, sam_vit_l, sam_vit_h).")
     input_size: int = Field(512, description="SAM encoder input side: 1024 native, 512 about 4x faster (vit_t only).")
     points_per_side: int = Field(16, ge=1, description="Point prompts per image side.")
-    points_per_batch: int = Field(64, ge=1, description="Prompts decoded at once.")
+    points_per_batch: int = Field(16, ge=1, description="Prompts decoded at once (16 keeps the decoder in CPU cache; raise it on a GPU).")
     pred_iou_thresh: float = Field(0.88, ge=0, le=1, description="Keep masks whose predicted IoU is at least this.")
     stability_score_thresh: float = Field(0.95, ge=0, le=1, description="Keep masks whose stability score is at least this.")
     box_nms_thresh: float = Field(0.7, ge=0, le=1, description="Box NMS threshold between masks.")
     min_area: float = Field(0.0016, ge=0, lt=1, description="Smallest non-overlapping region kept, as a fraction of the image (ModuSeg: 300 px at 500x375).")
     bf16: bool = Field(True, description="bfloat16 autocast (CPU and CUDA).")
+    generator: Literal["fast", "stock"] = Field("fast", description="'fast': decodes prompts and filters at low resolution before upsampling survivors; 'stock': Meta's SamAutomaticMaskGenerator.")
 
 
 class EmbedParams(_Params):

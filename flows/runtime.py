@@ -24,7 +24,7 @@ def proposer_config(params: ProposeParams, device: str = "auto") -> ProposerConf
         input_size=params.input_size, points_per_side=params.points_per_side,
         points_per_batch=params.points_per_batch, pred_iou_thresh=params.pred_iou_thresh,
         stability_score_thresh=params.stability_score_thresh, box_nms_thresh=params.box_nms_thresh,
-        bf16=params.bf16, device=device, min_area=params.min_area,
+        bf16=params.bf16, device=device, min_area=params.min_area, generator=params.generator,
     )
 
 

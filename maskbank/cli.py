@@ -10,11 +10,15 @@ from typing import Optional
 import typer
 
 from maskbank.commands import inspect as inspect_commands
+from maskbank.commands import server as server_commands
+from maskbank.commands import versions as versions_commands
 from maskbank.commands.weights import weights_app
 
 app = typer.Typer(help="maskbank: pixel-level labels from image-level labels, without training.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
 inspect_commands.register(app)
+server_commands.register(app)
+versions_commands.register(app)
 
 
 def sample_root() -> Path:
@@ -74,16 +78,25 @@ def run(
     k: Optional[int] = typer.Option(None, help="k of the majority / knn_weighted rules."),
     shard_size: Optional[int] = typer.Option(None, help="Images per cached task."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    verify: bool = typer.Option(False, help="Check every stored output used against its content hash; recompute damaged ones."),
 ) -> None:
     """Pseudo-label the labelled datasets and label the targets by retrieval (runs the flow locally)."""
     from maskbank.flows.label import label_images
+    from maskbank.storage.datasets import DatasetError
+    from maskbank.flows.stages.common import DamagedStoreError
+    from maskbank.storage.store import NotAStoreError
 
     params = _params(params_file, {"propose.points_per_side": points_per_side, "propose.input_size": input_size,
                                    "retrieve.rule": rule, "retrieve.k": k, "shard_size": shard_size})
-    summary = label_images(
-        datasets=[_dataset(p, bank_split) for p in bank], store=str(store),
-        targets=[_dataset(p, target_split) for p in target] or None, params=params, device=device,
-    )
+    try:
+        summary = label_images(
+            datasets=[_dataset(p, bank_split) for p in bank], store=str(store),
+            targets=[_dataset(p, target_split) for p in target] or None, params=params, device=device,
+            verify=verify,
+        )
+    except (DatasetError, NotAStoreError, DamagedStoreError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
     _print_summary(summary)
 
 
@@ -104,33 +117,6 @@ def demo(
     _print_summary(summary)
     typer.echo(f"\nInspect: python -c \"import xarray; print(xarray.open_zarr('{store}', "
                f"group='labels/{summary.pseudo_labels}/<image key>'))\"   (or `maskbank versions {store}`)")
-
-
-@app.command()
-def versions(
-    store: Path = typer.Argument(..., help="Zarr store path."),
-    kind: Optional[str] = typer.Option(None, help="Only this kind: pseudo_labels, bank, predictions, evaluation."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-) -> None:
-    """List the store's versions with their parameters, parents, time and metrics."""
-    from maskbank.storage.store import Store
-    from maskbank.storage.versions import list_versions
-
-    infos = list_versions(Store.open(store, create=False), kind)
-    if as_json:
-        typer.echo(json.dumps([v.__dict__ for v in infos], indent=2, default=str))
-        return
-    for v in infos:
-        metric = ""
-        if v.metrics and "classes" in v.metrics:
-            metric = f"  mIoU {v.metrics['classes']['miou']:.4f}"
-            if "voc21" in v.metrics:
-                metric += f"  VOC-21 {v.metrics['voc21']['miou']:.4f}"
-        elif v.metrics and "prototypes" in v.metrics:
-            metric = f"  {v.metrics['prototypes']} prototypes"
-        parents = ",".join(v.parents) or "-"
-        typer.echo(f"{v.id}  {v.kind:<13} {v.created[:19]}  parents {parents}{metric}")
-        typer.echo(f"    params {json.dumps(v.params, sort_keys=True)[:300]}")
 
 
 if __name__ == "__main__":

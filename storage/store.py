@@ -268,6 +268,24 @@ class Store:
             return False
         return True
 
+    def discard_damaged(self, path: str) -> bool:
+        """Delete what is at ``path`` unless it is a complete item that matches its content hash, so
+        that it can be written again; returns whether something was deleted."""
+        _check_path(path)
+        if not (self.path / path).exists() or self.item_complete(path, verify=True):
+            return False
+        return self.delete_path(path)
+
+    def read_array(self, path: str, name: str) -> np.ndarray:
+        """One array of the complete item at ``path``, read alone and not verified (see :meth:`read_item`)."""
+        _check_path(path)
+        if self._mark(path) is None:
+            raise MissingItemError(f"no complete item at {path!r} in {self.path}")
+        try:
+            return np.asarray(zarr.open_array(self._zstore, path=f"{path}/{name}", mode="r")[...])
+        except Exception as e:  # a vanished or damaged array reads as missing, whatever the codec raised
+            raise MissingItemError(f"array {name!r} of item {path!r} in {self.path} cannot be read: {e}") from e
+
     def delete_path(self, path: str) -> bool:
         """Remove the item or group at ``path`` (atomically hidden first); False if nothing was there."""
         _check_path(path)
@@ -468,11 +486,16 @@ class Store:
             "paths": [_relative_to(r.path, root) for r in recs],
             "exif_transpose": dataset.exif_transpose,
         }
-        self.write_item(f"datasets/{fp}/manifest", arrays, attrs, dims)
+        self.write_item(self.manifest_path(fp), arrays, attrs, dims)
         return fp
 
+    @staticmethod
+    def manifest_path(fingerprint: str) -> str:
+        """Store path of a dataset's manifest item."""
+        return f"datasets/{_checked_key(fingerprint)}/manifest"
+
     def read_manifest(self, fingerprint: str) -> Manifest:
-        item = self.read_item(f"datasets/{_checked_key(fingerprint)}/manifest")
+        item = self.read_item(self.manifest_path(fingerprint))
         a = item.attrs
         root = Path(a["root"])
         records = [

@@ -1,7 +1,9 @@
 """Class-agnostic mask proposals: Segment Anything automatic masks, and their non-overlapping cut.
 
-:class:`MaskProposer` runs Meta's ``SamAutomaticMaskGenerator`` (a grid of point prompts, IoU and
-stability filtering, box NMS) and returns :class:`Proposals` as COCO RLEs with their scores.
+:class:`MaskProposer` runs SAM automatic mask generation (a grid of point prompts, IoU and stability
+filtering, box NMS) and returns :class:`Proposals` as COCO RLEs with their scores. Two generators
+compute it: ``"fast"`` (:class:`~maskbank.tasks.fast_amg.FastMaskGenerator`, the default) and
+``"stock"`` (Meta's ``SamAutomaticMaskGenerator``); in float32 they give the same masks.
 :func:`non_overlapping` turns overlapping proposals into disjoint regions, the way ModuSeg paints its
 entity masks: higher-scoring masks win contested pixels and small leftovers are dropped.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -17,12 +20,15 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import Sam
 
 from maskbank.tasks import rle
+from maskbank.tasks.fast_amg import FastMaskGenerator
 from maskbank.tasks.models.device import autocast, resolve_device
 from maskbank.tasks.models.sam import build_sam
 
 # ModuSeg keeps entity masks of at least 300 px on VOC/COCO images of about 500x375 px;
 # as a fraction of the image area this carries over to any resolution.
 DEFAULT_MIN_AREA = 300 / (500 * 375)
+
+Generator = Literal["fast", "stock"]
 
 
 @dataclass(frozen=True)
@@ -31,12 +37,14 @@ class ProposerConfig:
 
     ``input_size`` is the SAM encoder's square input: 1024 is native, 512 is about 4x faster and
     misses small parts. ``min_area`` is the smallest region :func:`non_overlapping` keeps, as a
-    fraction of the image area (see :meth:`min_area_pixels`).
+    fraction of the image area (see :meth:`min_area_pixels`). ``generator`` picks the mask generator:
+    ``"fast"`` or Meta's ``"stock"`` one (see the module docstring). ``points_per_batch`` prompts are
+    decoded at once: on a CPU, 16 keeps the decoder's activations in cache and runs faster than 64.
     """
 
     input_size: int = 512
     points_per_side: int = 16
-    points_per_batch: int = 64
+    points_per_batch: int = 16
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
     box_nms_thresh: float = 0.7
@@ -44,8 +52,11 @@ class ProposerConfig:
     bf16: bool = True
     device: str = "auto"
     min_area: float = DEFAULT_MIN_AREA
+    generator: Generator = "fast"
 
     def __post_init__(self) -> None:
+        if self.generator not in get_args(Generator):
+            raise ValueError(f"generator must be one of {get_args(Generator)}, got {self.generator!r}")
         if self.input_size < 16 or self.input_size % 16:
             raise ValueError(f"input_size must be a positive multiple of 16, got {self.input_size}")
         if self.points_per_side < 1 or self.points_per_batch < 1:
@@ -148,6 +159,8 @@ class _AutocastPredictor(SamPredictor):
 
 
 class _Generator(SamAutomaticMaskGenerator):
+    """Meta's generator, its model run under optional bf16 autocast."""
+
     def __init__(self, sam: Sam, bf16: bool, **kwargs) -> None:
         super().__init__(sam, **kwargs)
         self.predictor = _AutocastPredictor(sam, bf16)
@@ -165,7 +178,8 @@ class MaskProposer:
         self.device = resolve_device(self.config.device)
         self.sam = sam.to(self.device).eval()
         c = self.config
-        self.generator = _Generator(
+        generator = FastMaskGenerator if c.generator == "fast" else _Generator
+        self.generator = generator(
             self.sam,
             bf16=c.bf16,
             points_per_side=c.points_per_side,

@@ -285,7 +285,7 @@ def _fetch_in_child(ckpt: Checkpoint, cache_dir: str, out: multiprocessing.Queue
 def test_concurrent_fetches_download_once(server, cache):
     server.files["/slow/model.pt"] = PAYLOAD
     ckpt = _ckpt(Source("upstream", url=server.url + "/slow/model.pt"), name="shared")
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # forking after other tests started threads (Prefect) can hang
     out = ctx.Queue()
     procs = [ctx.Process(target=_fetch_in_child, args=(ckpt, str(cache), out)) for _ in range(2)]
     for p in procs:

@@ -2,6 +2,8 @@
 
 Published as an ``evaluation`` version whose metrics hold mIoU and per-class IoU over the dataset's classes
 and, when the classes include the PASCAL VOC ones (e.g. COCO), over those 21 with other objects ignored.
+Images whose truth cannot be read or does not fit the image are left out and listed with the reason in
+the metrics' ``skipped``. A label map made at a reduced working size is scaled up to its truth.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.common import cached_task
 from maskbank.flows.stages.ingest import DatasetInput
 from maskbank.flows.stages.labelmaps import read_label_map
-from maskbank.storage.datasets import open_dataset
+from maskbank.storage.datasets import DatasetError, ImageRecord, open_dataset, working_size
 from maskbank.storage.store import Store
 from maskbank.storage.versions import get_version, publish_version, read_version, version_id
 from maskbank.tasks.classes import VOC_CLASSES, subset_lookup
@@ -50,18 +52,26 @@ def evaluate(store: str, datasets: list[DatasetInput], collection: DatasetRef, l
     names = collection.class_names
     cm = ConfusionMatrix(len(names))
     voc = ConfusionMatrix.for_subset(names) if covers_voc(names) else None
-    n = 0
+    n, skipped = 0, []
     for d in datasets:
         ds = open_dataset(d.spec())
         for rec, key in zip(ds.records, _keys_of(collection, ds.image_ids)):
             if not rec.has_truth or key not in scored:
                 continue
-            pred, truth = read_label_map(st, labels_version.id, key), ds.truth(rec.image_id)
+            try:
+                truth = ds.truth(rec.image_id)
+            except DatasetError as e:
+                skipped.append((rec.image_id, f"truth cannot be read: {e}"))
+                continue
+            pred, why = fit_to_truth(read_label_map(st, labels_version.id, key), truth, rec)
+            if pred is None:
+                skipped.append((rec.image_id, why))
+                continue
             cm.update(pred, truth)
             if voc is not None:
                 voc.update(pred, truth)
             n += 1
-    metrics = {"images": n, "classes": summarise(cm, names)}
+    metrics = {"images": n, "classes": summarise(cm, names), "skipped": [list(s) for s in skipped]}
     arrays, dims = {"confusion": cm.matrix}, {"confusion": ("truth", "prediction")}
     if voc is not None:
         metrics["voc21"] = summarise(voc, list(VOC_CLASSES))
@@ -70,6 +80,22 @@ def evaluate(store: str, datasets: list[DatasetInput], collection: DatasetRef, l
     publish_version(st, KIND, {}, [labels_version.id], collection.fingerprints, code_version=code, arrays=arrays,
                     dims=dims, metrics=metrics)
     return VersionRef(store=store, id=vid, kind=KIND, metrics=metrics)
+
+
+def fit_to_truth(pred: np.ndarray, truth: np.ndarray, record: ImageRecord) -> tuple[np.ndarray | None, str]:
+    """The label map at the truth's size, or ``(None, reason)`` when the truth does not fit the image.
+
+    A label map at the image's reduced working size is scaled up (nearest neighbour).
+    """
+    image_hw = (record.height, record.width)
+    if None not in image_hw and truth.shape != image_hw:
+        return None, f"truth is {truth.shape[0]}x{truth.shape[1]} but the image is {image_hw[0]}x{image_hw[1]}"
+    if pred.shape == truth.shape:
+        return pred, ""
+    if pred.shape == working_size(truth.shape):
+        (h, w), (th, tw) = pred.shape, truth.shape
+        return pred[(np.arange(th) * h // th)[:, None], np.arange(tw) * w // tw], ""
+    return None, f"label map is {pred.shape[0]}x{pred.shape[1]} but the truth is {truth.shape[0]}x{truth.shape[1]}"
 
 
 def _keys_of(collection: DatasetRef, image_ids: list[str]) -> list[str | None]:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from maskbank.flows.keys import digest
 from maskbank.flows.refs import DatasetRef
-from maskbank.storage.datasets import DatasetSpec, open_dataset
+from maskbank.storage.datasets import DatasetSpec, ImageRecord, image_size, open_dataset, working_size
 from maskbank.storage.datasets.hashing import FileHasher, default_hash_cache
 from maskbank.storage.store import Store
 
@@ -37,24 +37,41 @@ class DatasetInput(BaseModel):
         return DatasetSpec.from_dict({k: v for k, v in d.items() if v != {}})
 
 
-def image_key(file_sha256: str, exif_transpose: bool) -> str:
-    """Content key of an image: its file hash (and how its pixels are oriented)."""
-    return file_sha256[:32] + ("" if exif_transpose else "-raw")
+def image_key(file_sha256: str, exif_transpose: bool, image_hw: tuple[int, int] | None = None) -> str:
+    """Content key of an image: its file hash, how its pixels are oriented and, for an image over the
+    working-size bound, the size it is processed at."""
+    key = file_sha256[:32] + ("" if exif_transpose else "-raw")
+    if image_hw is not None and working_size(image_hw) != tuple(image_hw):
+        h, w = working_size(image_hw)
+        key += f"-{h}x{w}"
+    return key
+
+
+def _image_hw(record: ImageRecord, exif_transpose: bool) -> tuple[int, int]:
+    if record.height is not None and record.width is not None:
+        return record.height, record.width
+    return image_size(record.path, exif_transpose=exif_transpose)
 
 
 @task(name="ingest", task_run_name="ingest-{dataset.name_hint}")
-def ingest(dataset: DatasetInput, store: str) -> DatasetRef:
+def ingest(dataset: DatasetInput, store: str, verify: bool = False) -> DatasetRef:
     """Read ``dataset``, write its manifest, and return a reference with per-image content keys.
 
     Runs every time (it is how changes to the images or labels are noticed); file hashes are cached by
     size and modification time beside the dataset, so an unchanged dataset costs a directory walk.
+    With ``verify`` a stored manifest that no longer matches its content hash is written again.
+    Staged leftovers of writers that died a day ago or more are removed.
     """
-    ds = open_dataset(dataset.spec())
     st = Store.open(store)
+    st.clean_staging()
+    ds = open_dataset(dataset.spec())
     hash_cache = default_hash_cache(ds.root)
+    if verify:
+        st.discard_damaged(st.manifest_path(ds.fingerprint(hash_cache)))
     fp = st.write_manifest(ds, hash_cache)
     hasher = FileHasher(hash_cache)
-    keys = [image_key(hasher.sha256(r.path), ds.exif_transpose) for r in ds.records]
+    keys = [image_key(hasher.sha256(r.path), ds.exif_transpose, _image_hw(r, ds.exif_transpose))
+            for r in ds.records]
     hasher.save()
     return DatasetRef(
         store=str(st.path), fingerprint=fp, name=ds.name, class_names=ds.class_names,

@@ -10,15 +10,15 @@ from typing import Literal
 from maskbank.storage.datasets.classes import BACKGROUND, ClassMap, DatasetError
 from maskbank.storage.datasets.coco import find_coco, read_coco
 from maskbank.storage.datasets.folder import read_folder
-from maskbank.storage.datasets.images import ImageError, image_size, load_rgb
+from maskbank.storage.datasets.images import MAX_WORKING_PIXELS, ImageError, image_size, load_rgb, working_size
 from maskbank.storage.datasets.manifest import Dataset, ImageRecord
 from maskbank.storage.datasets.voc import VOC_CLASSES, is_voc, read_voc
 
 Format = Literal["auto", "coco", "voc", "folder"]
 
 __all__ = [
-    "BACKGROUND", "ClassMap", "Dataset", "DatasetError", "DatasetSpec", "ImageError", "ImageRecord",
-    "VOC_CLASSES", "detect_format", "image_size", "load_rgb", "open_dataset",
+    "BACKGROUND", "MAX_WORKING_PIXELS", "ClassMap", "Dataset", "DatasetError", "DatasetSpec", "ImageError",
+    "ImageRecord", "VOC_CLASSES", "detect_format", "image_size", "load_rgb", "open_dataset", "working_size",
 ]
 
 

@@ -94,8 +94,8 @@ class Dataset:
             raise KeyError(f"no image {image_id!r} in dataset {self.name!r}") from None
 
     def image(self, image_id: str) -> np.ndarray:
-        """The image as ``uint8[H, W, 3]`` RGB, in the frame its truth and sizes refer to."""
-        return load_rgb(self.record(image_id).path, exif_transpose=self.exif_transpose)
+        """The image as ``uint8[H, W, 3]`` RGB at full size, in the frame its truth and sizes refer to."""
+        return load_rgb(self.record(image_id).path, exif_transpose=self.exif_transpose, max_pixels=None)
 
     def truth(self, image_id: str) -> np.ndarray:
         """Pixel truth ``[H, W]`` (uint8, or uint16 past 254 classes); ``ignore_index`` marks ignored pixels."""

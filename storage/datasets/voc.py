@@ -80,15 +80,19 @@ def read_voc(
             skipped.append((image_id, str(e)))
             continue
         has_truth = png.is_file()
-        if has_truth:
-            truth_pngs[image_id] = png
         if file_labels is not None:
             lab = file_labels.get(image_id)
         elif has_truth:
-            values = np.unique(_read_index_png(png))
+            try:
+                values = np.unique(_read_index_png(png))
+            except DatasetError as e:  # its labels come from this truth: without it the image is unusable
+                skipped.append((image_id, str(e)))
+                continue
             lab = classes.labels(int(v) - 1 for v in values if 0 < v < 255)
         else:
             lab = None
+        if has_truth:
+            truth_pngs[image_id] = png
         records.append(ImageRecord(image_id, Path(os.path.abspath(path)), lab, h, w, has_truth))
     return Dataset(
         name=name or (f"voc-{split}" if split else root.name),

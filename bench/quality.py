@@ -1,0 +1,467 @@
+"""Quality of pseudo-labels and retrieval against references built on the same proposals and features.
+
+    python bench/quality.py --data ../shared/data/coco-tiny --store runs/quality.zarr --out runs/quality.json
+    python bench/quality.py --data maskbank/sample/coco --store /tmp/q.zarr --out /tmp/q.json --smoke
+
+The main flow runs three times on one store; proposals and features are computed once and shared by
+content key, so the second and third runs only seed, build a bank and retrieve:
+
+  1. train2017 + val2017 pseudo-labelled;
+  2. train2017 pseudo-labelled and banked, val2017 labelled by retrieval;
+  3. run 2 with ModuSeg's original bank and retrieval settings.
+
+Rows (mIoU over the dataset's classes, over the 21 PASCAL VOC classes with other objects ignored in the
+truth, and pixel accuracy), every one on the same proposals and features:
+
+  pseudo_labels       run 1's pseudo-labels, scored from their stored label maps
+  oracle              each proposal takes its majority truth class: the ceiling the proposals allow
+  oracle_restricted   the majority among the image's labels and background: the pseudo-labels' ceiling
+                      (equal to ``oracle`` where the image labels are exactly the classes in the truth)
+  oracle_val          the oracle on val2017: the ceiling of the retrieval rows
+                      (ceilings in pixel accuracy, which the majority maximises; mIoU has no such bound)
+  retrieval           run 2's val2017 predictions
+  gt_bank             run 2's retrieval against a bank built from train2017's truth instead of its
+                      pseudo-labels: the ceiling of retrieval with these features and this bank size
+  retrieval_moduseg   run 3's val2017 predictions (majority vote k=25, 20 fixed erosions, ~300 px)
+  gt_bank_moduseg     gt_bank with ModuSeg's settings (``PurifyParams.moduseg()``)
+
+Ablations vary one factor around the flow's defaults, computed in-process from the stored arrays: the
+decision rule, the erosion and the outlier filter ratio of retrieval on val2017 for the truth bank and
+the pseudo-label bank, and the seeding parameters of the pseudo-label row.
+
+Proposals are disjoint, so a painted label map is a lookup of its proposals' labels (see
+``bench/_common.py``) and every in-process row is scored from per-proposal truth histograms. The
+``checks`` of the output confirm it on this data: scoring run 1's per-proposal labels this way, seeding
+again in-process, rebuilding run 2's bank and retrieving again with it all reproduce the flow's figures.
+
+With ``--smoke`` the first 2 images of each split are used at light settings (4x4 prompts, 224 px
+features).
+
+Output JSON: ``rows`` and ``ablations`` entries hold ``images``, ``miou``, ``miou_voc21`` and
+``pixel_accuracy`` (null where undefined); ``ratios`` the steering ratios of the rows' mIoU (goal 0.8);
+``prototypes`` the bank sizes; ``checks`` the reproductions above with ``ok``; ``versions``, ``params``,
+``images``, ``skipped`` and ``seconds`` say what was scored and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+if __package__ in (None, ""):  # run as a script: make ``bench`` importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import (  # noqa: E402
+    ProposalTruth, coco_slice, fold_confusion, format_table, owner_map, pixel_accuracy, proposal_confusion,
+    resize_nearest,
+)
+from maskbank.flows.params import (  # noqa: E402
+    BankParams, EmbedParams, ProposeParams, RetrieveParams, RunParams, SeedParams,
+)
+from maskbank.flows.refs import DatasetRef  # noqa: E402
+from maskbank.flows.stages.bank import load_bank, purify_params  # noqa: E402
+from maskbank.flows.stages.embed import features_key  # noqa: E402
+from maskbank.flows.stages.evaluate import covers_voc, fit_to_truth  # noqa: E402
+from maskbank.flows.stages.ingest import DatasetInput, ingest  # noqa: E402
+from maskbank.flows.stages.labelmaps import read_label_map  # noqa: E402
+from maskbank.flows.stages.pool import POOLED, pooled_key  # noqa: E402
+from maskbank.flows.stages.propose import proposals_key  # noqa: E402
+from maskbank.storage.datasets import DatasetError, open_dataset  # noqa: E402
+from maskbank.storage.store import Store  # noqa: E402
+from maskbank.storage.versions import read_version  # noqa: E402
+from maskbank.tasks.bank import BankBuilder, PrototypeBank, prototypes_for_image  # noqa: E402
+from maskbank.tasks.metrics import ConfusionMatrix, miou  # noqa: E402
+from maskbank.tasks.models.device import resolve_device  # noqa: E402
+from maskbank.tasks.purify import PurifyParams  # noqa: E402
+from maskbank.tasks.retrieve import BankIndex  # noqa: E402
+from maskbank.tasks.seed import seed_proposals  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "coco-tiny"
+SPLITS = ("train2017", "val2017")
+SMOKE_IMAGES = 2
+MODUSEG_MIN_AREA_PX = 300
+TOLERANCE = 1e-9
+P = TypeVar("P", bound=BaseModel)
+
+ROWS = {
+    "pseudo_labels": "flow pseudo-labels (train+val)",
+    "oracle": "proposal oracle: majority truth class",
+    "oracle_restricted": "oracle among image labels + background",
+    "oracle_val": "proposal oracle on val",
+    "retrieval": "flow retrieval, pseudo-label bank",
+    "gt_bank": "retrieval, truth bank",
+    "retrieval_moduseg": "flow retrieval, ModuSeg settings",
+    "gt_bank_moduseg": "retrieval, truth bank, ModuSeg settings",
+}
+RATIOS = {  # name: (numerator row, denominator row); the goal is 0.8 or more
+    "pseudo_labels/oracle": ("pseudo_labels", "oracle"),
+    "pseudo_labels/oracle_restricted": ("pseudo_labels", "oracle_restricted"),
+    "retrieval/gt_bank": ("retrieval", "gt_bank"),
+    "retrieval_moduseg/gt_bank_moduseg": ("retrieval_moduseg", "gt_bank_moduseg"),
+}
+RULE_GRID: list[dict] = (
+    [{"rule": "class_balanced", "k_per_class": k} for k in (1, 3, 5, 10)]
+    + [{"rule": "majority", "k": k} for k in (1, 5, 25)]
+    + [{"rule": "knn_weighted", "k": 25}]
+)
+EROSION_GRID: list[dict] = (
+    [{"erosion": "scaled", "erosion_fraction": f} for f in (0.1, 0.25, 0.5)]
+    + [{"erosion": "fixed", "max_iterations": n} for n in (0, 5, 20)]
+)
+FILTER_GRID: list[dict] = [{"filter_ratio": r} for r in (0.0, 0.25, 0.5)]
+SEED_GRID: list[dict] = (
+    [{}]
+    + [{"rounds": r} for r in (0, 2)]
+    + [{"saliency_weight": w} for w in (0.0, 1.0)]
+    + [{"background_bias": b} for b in (0.0, 0.5, 1.0)]
+    + [{"claim_labels": c} for c in (False, True)]
+)
+
+
+@dataclass
+class Image:
+    """What scoring needs of one image: its truth, its proposals' truth counts and pooled features."""
+
+    image_id: str
+    key: str
+    labels: list[int]
+    truth: np.ndarray
+    proposals: ProposalTruth
+    features: np.ndarray
+    saliency: np.ndarray
+
+
+@dataclass
+class Split:
+    ref: DatasetRef
+    images: list[Image]
+    skipped: list[tuple[str, str]]
+    """``(image id, reason)`` of images left out: not processed by the flow, or truth that does not fit."""
+
+
+def load_split(store: Store, dataset: DatasetInput, proposals: str, pooled: str, skip: set[str]) -> Split:
+    """A split's reference (as the flow ingests it) and its images, less those the flow skipped and those
+    the flow's evaluation leaves out. Proposals at a reduced working size are scaled to the truth."""
+    ref = ingest.fn(dataset, str(store.path))
+    ds = open_dataset(dataset.spec())
+    k = len(ref.class_names)
+    images, skipped = [], []
+    for i, (image_id, key) in enumerate(zip(ref.image_ids, ref.image_keys)):
+        if key in skip:
+            skipped.append((image_id, "not processed by the flow"))
+            continue
+        if ref.labels[i] is None or not ref.has_truth[i]:
+            raise ValueError(f"{ref.name}: image {image_id!r} needs image labels and pixel truth")
+        try:
+            truth = ds.truth(image_id)
+        except DatasetError as e:
+            skipped.append((image_id, f"truth cannot be read: {e}"))
+            continue
+        props = store.read_proposals(proposals, key)
+        owner, why = fit_to_truth(owner_map(props.masks()), truth, ds.record(image_id))
+        if owner is None:
+            skipped.append((image_id, why))
+            continue
+        counts = ProposalTruth.measure(owner, len(props), truth, k, ds.ignore_index)
+        a = store.read_image_item(POOLED, pooled, key).arrays
+        images.append(Image(image_id, key, list(ref.labels[i]), truth, counts, a["features"], a["saliency"]))
+    return Split(ref, images, skipped)
+
+
+def summarise(matrix: np.ndarray, class_names: list[str], images: int) -> dict:
+    """mIoU over all classes and the VOC 21 (when the classes cover them), pixel accuracy."""
+    voc = fold_confusion(matrix, ConfusionMatrix.for_subset(class_names)).miou() if covers_voc(class_names) else None
+    return {"images": images, "miou": miou(matrix), "miou_voc21": voc, "pixel_accuracy": pixel_accuracy(matrix)}
+
+
+def score_labels(images: Sequence[Image], labels: Sequence[np.ndarray], class_names: list[str]) -> dict:
+    """Scores of the label maps painted from per-proposal ``labels`` of ``images``."""
+    cm = proposal_confusion([im.proposals for im in images], labels, len(class_names))
+    return summarise(cm, class_names, len(images))
+
+
+def score_version(store: Store, version: str, images: Sequence[Image], class_names: list[str]) -> dict:
+    """Scores of a version's stored label maps (as the flow's evaluation reads them)."""
+    cm = ConfusionMatrix(len(class_names))
+    for im in images:
+        cm.update(resize_nearest(read_label_map(store, version, im.key), im.truth.shape), im.truth)
+    return summarise(cm.matrix, class_names, len(images))
+
+
+def version_proposal_labels(store: Store, version: str, images: Sequence[Image]) -> list[np.ndarray]:
+    """Per-proposal labels a ``pseudo_labels`` or ``predictions`` version recorded, in ``images`` order."""
+    a = read_version(store, version).arrays
+    row = {str(k): j for j, k in enumerate(a["image_key"])}
+    return [a["proposal_label"][a["proposal_image"] == row[im.key]] for im in images]
+
+
+class BankImages:
+    """Bank images' patch features and label maps (scaled to the size features were made at); builds
+    prototype banks as the flow's bank stage does, caching each image's prototypes per purification."""
+
+    def __init__(self, store: Store, features: str, images: Sequence[Image], label_maps: Sequence[np.ndarray],
+                 class_names: list[str]) -> None:
+        if len(images) != len(label_maps):
+            raise ValueError(f"{len(images)} images but {len(label_maps)} label maps")
+        self.grids = [store.read_features(features, im.key) for im in images]
+        self.label_maps = [resize_nearest(m, g.image_hw) for m, (_, g) in zip(label_maps, self.grids)]
+        self.classes = [im.labels for im in images]
+        self.class_names = class_names
+        self._prototypes: dict[tuple[int, PurifyParams], tuple[np.ndarray, np.ndarray]] = {}
+
+    def bank(self, params: BankParams, purify: PurifyParams | None = None) -> PrototypeBank:
+        """The bank of ``params`` (``purify`` overrides its purification with a fixed-pixel setting)."""
+        builder = BankBuilder(self.class_names)
+        for j, ((features, geometry), label_map, classes) in enumerate(zip(self.grids, self.label_maps, self.classes)):
+            p = purify or purify_params(params, geometry.image_hw)
+            if (j, p) not in self._prototypes:
+                self._prototypes[j, p] = prototypes_for_image(features, geometry, label_map, classes, p)
+            builder.add(j, *self._prototypes[j, p])
+        return builder.build(drop_ratio=params.filter_ratio)
+
+
+def retrieval_labels(bank: PrototypeBank, params: RetrieveParams, images: Sequence[Image],
+                     device: torch.device) -> list[np.ndarray]:
+    """Per-proposal labels of ``images`` by retrieval against ``bank`` with ``params``' rule."""
+    index = BankIndex(bank, device=device)
+    k = params.k if params.rule != "class_balanced" else params.k_per_class
+    return [index.classify(im.features, rule=params.rule, k=k)[0] if len(im.features) else np.zeros(0, np.int32)
+            for im in images]
+
+
+def retrieval_scores(bank: PrototypeBank, params: RetrieveParams, images: Sequence[Image], class_names: list[str],
+                     device: torch.device) -> dict:
+    """Scores of retrieval against ``bank`` with ``params``' rule on ``images``."""
+    return score_labels(images, retrieval_labels(bank, params, images, device), class_names)
+
+
+def seed_labels(images: Sequence[Image], num_classes: int, params: SeedParams,
+                device: torch.device) -> list[np.ndarray]:
+    """Per-proposal seed labels of ``images`` as one labelled collection, as the flow's seed stage makes them."""
+    features = np.concatenate([im.features for im in images])
+    saliency = np.concatenate([im.saliency for im in images])
+    index = np.concatenate([np.full(len(im.features), j, np.int64) for j, im in enumerate(images)])
+    multi_hot = np.zeros((len(images), num_classes), bool)
+    for j, im in enumerate(images):
+        multi_hot[j, im.labels] = True
+    use_saliency = params.saliency_weight > 0 and len(saliency) and not np.isnan(saliency).any()
+    result = seed_proposals(features, index, multi_hot, saliency=saliency if use_saliency else None,
+                            config=params.config(), device=device)
+    return [result.labels[index == j] for j in range(len(images))]
+
+
+def updated(params: P, change: dict) -> P:
+    """A validated copy of ``params`` with the fields of ``change`` replaced."""
+    return type(params)(**{**params.model_dump(), **change})
+
+
+def moduseg_params(params: RunParams, image_area: float) -> RunParams:
+    """``params`` with ModuSeg's bank (3x3 x 20 erosions, no fallback, 300 px at ``image_area`` pixels, 25 %
+    filter) and retrieval (majority of k=25, NMS 0.4)."""
+    bank = BankParams(erosion="fixed", max_iterations=20, min_area=MODUSEG_MIN_AREA_PX / image_area, filter_ratio=0.25)
+    retrieve = updated(params.retrieve, {"rule": "majority", "k": 25, "nms_iou": 0.4})
+    return updated(params, {"bank": bank.model_dump(), "retrieve": retrieve.model_dump()})
+
+
+def describe(change: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in change.items()) or "flow defaults"
+
+
+def ablations(gt: BankImages, pseudo: BankImages, val: Sequence[Image], labelled: Sequence[Image],
+              params: RunParams, class_names: list[str], device: torch.device) -> list[dict]:
+    """One factor at a time around the flow's defaults: retrieval rule, erosion and filter ratio for both
+    banks (val images), and seeding parameters (the labelled collection)."""
+    variants = (
+        [("rule", c, params.bank, updated(params.retrieve, c)) for c in RULE_GRID]
+        + [("erosion", c, updated(params.bank, c), params.retrieve) for c in EROSION_GRID]
+        + [("filter_ratio", c, updated(params.bank, c), params.retrieve) for c in FILTER_GRID]
+    )
+    out = []
+    for bank_name, source in (("gt", gt), ("pseudo", pseudo)):
+        for group, change, bank_params, rule in variants:
+            bank = source.bank(bank_params)
+            out.append({"group": group, "bank": bank_name, "setting": describe(change), "prototypes": len(bank),
+                        **retrieval_scores(bank, rule, val, class_names, device)})
+    seeded: dict[SeedParams, dict] = {}
+    for change in SEED_GRID:
+        seed = updated(params.seed, change)
+        if seed not in seeded:
+            seeded[seed] = score_labels(labelled, seed_labels(labelled, len(class_names), seed, device), class_names)
+        out.append({"group": "seeding", "bank": None, "setting": describe(change), "prototypes": None, **seeded[seed]})
+    return out
+
+
+def _check(value: float, reference: float) -> dict:
+    ok = (math.isnan(value) and math.isnan(reference)) or abs(value - reference) <= TOLERANCE
+    return {"value": value, "reference": reference, "ok": bool(ok)}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not math.isfinite(a) or not math.isfinite(b) or b <= 0:
+        return None
+    return a / b
+
+
+def _plain(value: object) -> object:
+    """JSON-ready: NaN as null, numpy scalars as Python numbers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def smoke_params() -> RunParams:
+    return RunParams(propose=ProposeParams(points_per_side=4), embed=EmbedParams(long_side=224))
+
+
+def run(data: Path, store: Path, params: RunParams, device: str = "auto", images: int | None = None,
+        log: Callable[[str], None] = print) -> dict:
+    """Run the flows and score every row and ablation; returns the results (see the module docstring)."""
+    from maskbank.flows.label import label_images
+
+    with tempfile.TemporaryDirectory(prefix="maskbank-quality-") as tmp:
+        if images is None:
+            train, val = (DatasetInput(path=str(data), split=s) for s in SPLITS)
+        else:
+            train, val = (DatasetInput(path=str(coco_slice(data, s, images, Path(tmp))), images=str(data / s))
+                          for s in SPLITS)
+        image_area = float(np.median([r.height * r.width for r in open_dataset(train.spec()).records]))
+        original = moduseg_params(params, image_area)
+        t0 = time.perf_counter()
+        runs = {
+            "pseudo_labels": label_images(datasets=[train, val], store=str(store), params=params, device=device),
+            "retrieval": label_images(datasets=[train], targets=[val], store=str(store), params=params, device=device),
+            "retrieval_moduseg": label_images(datasets=[train], targets=[val], store=str(store), params=original,
+                                              device=device),
+        }
+        flow_seconds = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        st = Store.open(store, create=False)
+        pk, fk = proposals_key(params.propose), features_key(params.embed)
+        plk = pooled_key(pk, fk)
+        skip = {k for r in runs.values() for k, _ in r.skipped}
+        tr, va = (load_split(st, d, pk, plk, skip) for d in (train, val))
+    names = tr.ref.class_names
+    labelled = tr.images + va.images
+    dev = resolve_device(device)
+    log(f"scoring {len(tr.images)} + {len(va.images)} images")
+
+    rows = {
+        "pseudo_labels": score_version(st, runs["pseudo_labels"].pseudo_labels, labelled, names),
+        "oracle": score_labels(labelled, [im.proposals.majority() for im in labelled], names),
+        "oracle_restricted": score_labels(labelled, [im.proposals.majority([0, *im.labels]) for im in labelled],
+                                          names),
+        "oracle_val": score_labels(va.images, [im.proposals.majority() for im in va.images], names),
+        "retrieval": score_version(st, runs["retrieval"].predictions, va.images, names),
+    }
+    gt = BankImages(st, fk, tr.images, [im.truth for im in tr.images], names)
+    banks = {"retrieval": load_bank(st, runs["retrieval"].bank), "gt_bank": gt.bank(params.bank),
+             "retrieval_moduseg": load_bank(st, runs["retrieval_moduseg"].bank),
+             "gt_bank_moduseg": gt.bank(original.bank, PurifyParams.moduseg())}
+    rows["gt_bank"] = retrieval_scores(banks["gt_bank"], params.retrieve, va.images, names, dev)
+    rows["retrieval_moduseg"] = score_version(st, runs["retrieval_moduseg"].predictions, va.images, names)
+    rows["gt_bank_moduseg"] = retrieval_scores(banks["gt_bank_moduseg"], original.retrieve, va.images, names, dev)
+
+    pseudo_maps = [read_label_map(st, runs["retrieval"].pseudo_labels, im.key) for im in tr.images]
+    pseudo = BankImages(st, fk, tr.images, pseudo_maps, names)
+    ablation_rows = ablations(gt, pseudo, va.images, labelled, params, names, dev)
+
+    flow_bank = banks["retrieval"]
+    rebuilt = pseudo.bank(params.bank)
+    seed_base = next(a for a in ablation_rows if a["group"] == "seeding" and a["setting"] == "flow defaults")
+    checks = {
+        "pseudo_labels_by_proposal": _check(
+            score_labels(labelled, version_proposal_labels(st, runs["pseudo_labels"].pseudo_labels, labelled),
+                         names)["miou"], rows["pseudo_labels"]["miou"]),
+        "pseudo_labels_flow_evaluation": _check(
+            rows["pseudo_labels"]["miou"], runs["pseudo_labels"].pseudo_label_metrics["classes"]["miou"]),
+        "retrieval_flow_evaluation": _check(
+            rows["retrieval"]["miou"], runs["retrieval"].prediction_metrics["classes"]["miou"]),
+        "seed_replicated": _check(seed_base["miou"], rows["pseudo_labels"]["miou"]),
+        "bank_rebuilt": {"prototypes": len(rebuilt), "reference": len(flow_bank), "ok": bool(
+            len(rebuilt) == len(flow_bank) and np.array_equal(rebuilt.labels, flow_bank.labels)
+            and np.allclose(rebuilt.vectors, flow_bank.vectors, atol=1e-6))},
+        "retrieval_replicated": _check(
+            retrieval_scores(flow_bank, params.retrieve, va.images, names, dev)["miou"], rows["retrieval"]["miou"]),
+        "retrieval_moduseg_replicated": _check(
+            retrieval_scores(banks["retrieval_moduseg"], original.retrieve, va.images, names, dev)["miou"],
+            rows["retrieval_moduseg"]["miou"]),
+    }
+    ratios = {name: {m: _ratio(rows[a][m], rows[b][m]) for m in ("miou", "miou_voc21")}
+              for name, (a, b) in RATIOS.items()}
+    return _plain({
+        "data": str(data), "store": str(store), "device": str(dev),
+        "images": {"train2017": len(tr.images), "val2017": len(va.images)},
+        "skipped": [list(s) for s in tr.skipped + va.skipped],
+        "params": {"flow": params.model_dump(mode="json"), "moduseg": original.model_dump(mode="json"),
+                   "gt_bank_moduseg_purify": asdict(PurifyParams.moduseg()), "moduseg_image_area": image_area},
+        "versions": {name: {"pseudo_labels": r.pseudo_labels, "bank": r.bank, "predictions": r.predictions}
+                     for name, r in runs.items()},
+        "rows": {name: {"description": ROWS[name], **rows[name]} for name in ROWS},
+        "prototypes": {name: len(bank) for name, bank in banks.items()},
+        "ratios": ratios,
+        "ablations": ablation_rows,
+        "checks": checks,
+        "seconds": {"flows": flow_seconds, "scoring": time.perf_counter() - t0},
+    })
+
+
+def report(results: dict) -> str:
+    """The rows, the ratios we steer by, the ablations and the checks as text tables."""
+    metrics = ("miou", "miou_voc21", "pixel_accuracy")
+    head = ["row", "images", "mIoU", "mIoU VOC21", "pixel acc", "what"]
+    rows = [[name, r["images"], *(r[m] for m in metrics), r["description"]] for name, r in results["rows"].items()]
+    ratios = [[name, r["miou"], r["miou_voc21"], "goal >= 0.8"] for name, r in results["ratios"].items()]
+    abl = [[a["group"], a["bank"] or "", a["setting"], a["prototypes"], *(a[m] for m in metrics)]
+           for a in results["ablations"]]
+    checks = [[name, "ok" if c["ok"] else "MISMATCH", c.get("value", c.get("prototypes")), c["reference"]]
+              for name, c in results["checks"].items()]
+    return "\n\n".join([
+        format_table(head, rows),
+        format_table(["ratio", "mIoU", "mIoU VOC21", ""], ratios),
+        format_table(["ablation", "bank", "setting", "prototypes", "mIoU", "mIoU VOC21", "pixel acc"], abl),
+        format_table(["check", "", "value", "reference"], checks),
+    ])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="COCO root with train2017 and val2017")
+    parser.add_argument("--store", type=Path, default=Path("runs/quality.zarr"), help="maskbank store (created)")
+    parser.add_argument("--out", type=Path, default=Path("runs/quality.json"), help="results JSON")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"first {SMOKE_IMAGES} images per split at light settings (for the test suite)")
+    args = parser.parse_args(argv)
+
+    params = smoke_params() if args.smoke else RunParams()
+    results = run(args.data, args.store, params, args.device, SMOKE_IMAGES if args.smoke else None)
+    results["smoke"] = args.smoke
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(report(results))
+    print(f"\nwritten {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
