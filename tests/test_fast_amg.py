@@ -17,7 +17,7 @@ from maskbank.tasks.propose import MaskProposer, ProposerConfig, _Generator
 
 SIZE = 64
 TINY = dict(embed_dims=(8, 16, 32, 320), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))
-SAMPLE_IMAGE = Path(__file__).resolve().parents[2] / "shared/data/coco-tiny/train2017/000000196610.jpg"
+SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "maskbank/sample/coco/train2017/000000196610.jpg"
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -15,7 +15,7 @@ from maskbank.tasks.propose import MaskProposer, ProposerConfig, non_overlapping
 
 pytestmark = pytest.mark.real
 
-SAMPLE_IMAGE = Path(__file__).resolve().parents[2] / "shared/data/coco-tiny/train2017/000000196610.jpg"
+SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "maskbank/sample/coco/train2017/000000196610.jpg"
 
 
 @pytest.fixture(scope="module")
