@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Optional
@@ -13,6 +14,9 @@ from maskbank.commands import inspect as inspect_commands
 from maskbank.commands import server as server_commands
 from maskbank.commands import versions as versions_commands
 from maskbank.commands.weights import weights_app
+
+# A local run's temporary Prefect server has no business phoning home (and offline it logs an error trying).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(help="maskbank: pixel-level labels from image-level labels, without training.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
@@ -116,7 +120,9 @@ def demo(
     )
     _print_summary(summary)
     typer.echo(f"\nInspect: python -c \"import xarray; print(xarray.open_zarr('{store}', "
-               f"group='labels/{summary.pseudo_labels}/<image key>'))\"   (or `maskbank versions {store}`)")
+               f"group='labels/{summary.pseudo_labels}/<image key>'))\"")
+    typer.echo(f"        maskbank inspect {store}    maskbank versions {store}    "
+               f"maskbank show {store} <image id> --layer seeds")
 
 
 if __name__ == "__main__":
