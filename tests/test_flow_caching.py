@@ -3,31 +3,16 @@ computes, what a parameter change reruns, what one new image costs, and how lost
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
+from helpers import coco_slice
 
 pytestmark = [pytest.mark.real]
 
 TRAIN = ["000000196610", "000000204805", "000000425988", "000000278528"]
 VAL = ["000000184324", "000000208901"]
 COMPUTE_TASKS = {"propose", "embed", "pool", "seed", "bank", "retrieve", "evaluate"}
-
-
-def _coco_slice(sample: Path, dest: Path, split: str, stems: list[str]) -> Path:
-    coco = json.loads((sample / "annotations" / f"instances_{split}.json").read_text())
-    images = [im for im in coco["images"] if im["file_name"][:-4] in stems]
-    ids = {im["id"] for im in images}
-    coco["images"], coco["annotations"] = images, [a for a in coco["annotations"] if a["image_id"] in ids]
-    (dest / "annotations").mkdir(parents=True, exist_ok=True)
-    (dest / split).mkdir(parents=True, exist_ok=True)
-    for im in images:
-        shutil.copy2(sample / split / im["file_name"], dest / split / im["file_name"])
-    path = dest / "annotations" / f"instances_{split}.json"
-    path.write_text(json.dumps(coco))
-    return path
 
 
 def _light_params(k: int = 25):
@@ -59,8 +44,8 @@ def _run(train_json: Path, val_json: Path, store: Path, params):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, sample_root):
     root = tmp_path_factory.mktemp("coco")
-    train = _coco_slice(sample_root, root, "train2017", TRAIN[:3])
-    val = _coco_slice(sample_root, root, "val2017", VAL)
+    train = coco_slice(sample_root, root, "train2017", TRAIN[:3])
+    val = coco_slice(sample_root, root, "val2017", VAL)
     return root, train, val
 
 
@@ -119,7 +104,7 @@ def test_deleted_zarr_output_is_recomputed(first_run, data):
 def test_adding_an_image_computes_only_that_image(first_run, data, sample_root):
     store, first, _ = first_run
     root, _, val = data
-    train = _coco_slice(sample_root, root, "train2017", TRAIN)  # one more labelled image
+    train = coco_slice(sample_root, root, "train2017", TRAIN)  # one more labelled image
     summary, _ = _run(train, val, store, _light_params())
     assert summary.computed == {"propose": 1, "embed": 1, "pool": 1}
     assert summary.pseudo_labels != first.pseudo_labels

@@ -3,9 +3,7 @@ the store and versions APIs over two sample images (known masks, label maps and 
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from maskbank.storage.store import Store
 from maskbank.storage.versions import publish_version
 from maskbank.tasks import render, rle
 from maskbank.tasks.geometry import PatchGeometry
+from helpers import coco_slice
 
 IMAGES = ["000000184324", "000000208901"]
 PK, FK, PLK = "p" * 24, "f" * 24, "q" * 24
@@ -44,20 +43,6 @@ class Built:
     pred_a: str
     pred_b: str
     bank: str
-
-
-def _coco_slice(sample: Path, dest: Path, split: str, stems: list[str]) -> Path:
-    coco = json.loads((sample / "annotations" / f"instances_{split}.json").read_text())
-    coco["images"] = [im for im in coco["images"] if im["file_name"][:-4] in stems]
-    ids = {im["id"] for im in coco["images"]}
-    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
-    (dest / "annotations").mkdir(parents=True)
-    (dest / split).mkdir()
-    for im in coco["images"]:
-        shutil.copy2(sample / split / im["file_name"], dest / split / im["file_name"])
-    path = dest / "annotations" / f"instances_{split}.json"
-    path.write_text(json.dumps(coco))
-    return path
 
 
 def _labels_version(st: Store, kind: str, maps: dict[str, np.ndarray], params: dict, parents=(), fps=()) -> str:
@@ -82,7 +67,7 @@ def _evaluation(st: Store, parent: str, fp: str, person: float, car: float | Non
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, sample_root) -> Built:
     tmp = tmp_path_factory.mktemp("inspect")
-    ann = _coco_slice(sample_root, tmp / "coco", "val2017", IMAGES)
+    ann = coco_slice(sample_root, tmp / "coco", "val2017", IMAGES)
     ds = open_dataset(DatasetSpec(path=ann))
     st = Store.open(tmp / "store.zarr")
     fp = st.write_manifest(ds, tmp / "hashes.json")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import coco_slice
 
 pytestmark = [pytest.mark.server, pytest.mark.real]
 
@@ -37,20 +38,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run", "--virtual-time-budget=30000",
     "--window-size=1400,1000",
 ]
-
-
-def _coco_slice(sample: Path, dest: Path, split: str, stems: list[str]) -> Path:
-    coco = json.loads((sample / "annotations" / f"instances_{split}.json").read_text())
-    images = [im for im in coco["images"] if im["file_name"][:-4] in stems]
-    ids = {im["id"] for im in images}
-    coco["images"], coco["annotations"] = images, [a for a in coco["annotations"] if a["image_id"] in ids]
-    (dest / "annotations").mkdir(parents=True, exist_ok=True)
-    (dest / split).mkdir(parents=True, exist_ok=True)
-    for im in images:
-        shutil.copy2(sample / split / im["file_name"], dest / split / im["file_name"])
-    path = dest / "annotations" / f"instances_{split}.json"
-    path.write_text(json.dumps(coco))
-    return path
 
 
 def _free_port() -> int:
@@ -220,8 +207,8 @@ def _run_deployment(env: dict, deployment: str, parameters: dict) -> tuple:
 def label_run(deployed, tmp_path_factory, sample_root):
     data = tmp_path_factory.mktemp("coco")
     store = tmp_path_factory.mktemp("store") / "sample.zarr"
-    train = _coco_slice(sample_root, data, "train2017", TRAIN)
-    val = _coco_slice(sample_root, data, "val2017", VAL)
+    train = coco_slice(sample_root, data, "train2017", TRAIN)
+    val = coco_slice(sample_root, data, "val2017", VAL)
     parameters = {"datasets": [{"path": str(train)}], "targets": [{"path": str(val)}], "store": str(store),
                   "params": LIGHT, "device": "cpu"}
     flow_run, artifacts = _run_deployment(deployed["env"], "maskbank-label/sample", parameters)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from helpers import coco_slice
 
 pytestmark = [pytest.mark.real]
 
@@ -115,20 +116,6 @@ class Run:
         return json.loads(self.out.read_text())
 
 
-def _coco_slice(sample: Path, dest: Path, split: str, stems: list[str]) -> dict:
-    coco = json.loads((sample / "annotations" / f"instances_{split}.json").read_text())
-    images = [im for im in coco["images"] if im["file_name"][:-4] in stems]
-    ids = {im["id"] for im in images}
-    coco["images"], coco["annotations"] = images, [a for a in coco["annotations"] if a["image_id"] in ids]
-    (dest / "annotations").mkdir(parents=True, exist_ok=True)
-    (dest / split).mkdir(parents=True, exist_ok=True)
-    for im in images:
-        shutil.copy2(sample / split / im["file_name"], dest / split / im["file_name"])
-    path = dest / "annotations" / f"instances_{split}.json"
-    path.write_text(json.dumps(coco))
-    return {"path": str(path)}
-
-
 def _label_maps(store: Path, version: str) -> dict[str, np.ndarray]:
     from maskbank.flows.stages.labelmaps import LABELS
     from maskbank.storage.store import Store
@@ -162,8 +149,8 @@ def _assert_every_item_verifies(store: Path) -> None:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, sample_root) -> dict:
     root = tmp_path_factory.mktemp("coco")
-    return {"datasets": [_coco_slice(sample_root, root, "train2017", TRAIN)],
-            "targets": [_coco_slice(sample_root, root, "val2017", VAL)]}
+    return {"datasets": [{"path": str(coco_slice(sample_root, root, "train2017", TRAIN))}],
+            "targets": [{"path": str(coco_slice(sample_root, root, "val2017", VAL))}]}
 
 
 @pytest.fixture(scope="module")

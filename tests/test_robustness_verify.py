@@ -4,7 +4,6 @@ and not while another version depends on them."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -12,25 +11,12 @@ import numpy as np
 import pytest
 import zarr
 from typer.testing import CliRunner
+from helpers import coco_slice
 
 pytestmark = [pytest.mark.real]
 
 TRAIN = ["000000196610", "000000204805"]
 VAL = ["000000208901"]
-
-
-def _coco_slice(sample: Path, dest: Path, split: str, stems: list[str]) -> Path:
-    coco = json.loads((sample / "annotations" / f"instances_{split}.json").read_text())
-    images = [im for im in coco["images"] if im["file_name"][:-4] in stems]
-    ids = {im["id"] for im in images}
-    coco["images"], coco["annotations"] = images, [a for a in coco["annotations"] if a["image_id"] in ids]
-    (dest / "annotations").mkdir(parents=True, exist_ok=True)
-    (dest / split).mkdir(parents=True, exist_ok=True)
-    for im in images:
-        shutil.copy2(sample / split / im["file_name"], dest / split / im["file_name"])
-    path = dest / "annotations" / f"instances_{split}.json"
-    path.write_text(json.dumps(coco))
-    return path
 
 
 def _run(data, store: Path, verify: bool = False):
@@ -78,7 +64,7 @@ def _delete_chunks(store: Path, path: str, array: str) -> None:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, sample_root):
     root = tmp_path_factory.mktemp("coco")
-    return _coco_slice(sample_root, root, "train2017", TRAIN), _coco_slice(sample_root, root, "val2017", VAL)
+    return coco_slice(sample_root, root, "train2017", TRAIN), coco_slice(sample_root, root, "val2017", VAL)
 
 
 @pytest.fixture(scope="module")
