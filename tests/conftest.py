@@ -27,6 +27,17 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models spend their time in thread start-up; one thread is faster and immune to a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def sample_root() -> Path:
     return SAMPLE

@@ -9,14 +9,7 @@ from maskbank.tasks.models.tiny_vit import _TinyViT as UpstreamTinyViT  # mobile
 
 TINY = dict(embed_dims=(8, 16, 32, 320), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_sizes=(7, 7, 14, 7))
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models spend their time in thread start-up; one thread is faster and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise(module: torch.nn.Module, seed: int = 0) -> None:

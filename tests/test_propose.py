@@ -16,14 +16,7 @@ TINY = dict(embed_dims=(8, 16, 32, 320), depths=(1, 1, 1, 1), num_heads=(1, 1, 2
 LOOSE = dict(input_size=SIZE, points_per_side=8, points_per_batch=16, pred_iou_thresh=0.0,
              stability_score_thresh=0.0, box_nms_thresh=1.0, device="cpu")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models spend their time in thread start-up; one thread is faster and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
