@@ -27,7 +27,10 @@ truth, and pixel accuracy), every one on the same proposals and features:
 
 Ablations vary one factor around the flow's defaults, computed in-process from the stored arrays: the
 decision rule, the erosion and the outlier filter ratio of retrieval on val2017 for the truth bank and
-the pseudo-label bank, and the seeding parameters of the pseudo-label row.
+the pseudo-label bank, and the seeding parameters of the pseudo-label row. Variants change what the
+flows compute, the feature layer and the proposal density (points per side, SAM input size): each reruns
+the two main flows on the same store (only the changed stage and those after it are computed) and scores
+the pseudo-label, oracle, retrieval and truth-bank rows on the same images.
 
 Proposals are disjoint, so a painted label map is a lookup of its proposals' labels (see
 ``bench/_common.py``) and every in-process row is scored from per-proposal truth histograms. The
@@ -35,10 +38,12 @@ Proposals are disjoint, so a painted label map is a lookup of its proposals' lab
 again in-process, rebuilding run 2's bank and retrieving again with it all reproduce the flow's figures.
 
 With ``--smoke`` the first 2 images of each split are used at light settings (4x4 prompts, 224 px
-features).
+features) and two light variants.
 
 Output JSON: ``rows`` and ``ablations`` entries hold ``images``, ``miou``, ``miou_voc21`` and
-``pixel_accuracy`` (null where undefined); ``ratios`` the steering ratios of the rows' mIoU (goal 0.8);
+``pixel_accuracy`` (null where undefined); an ablation's ``row`` names the row it varies, and a variant's
+entries add ``proposals_per_image``, ``coverage`` (share of counted pixels inside a proposal) and the
+``seconds`` of its flows; ``proposals`` holds the defaults' proposals per image and coverage; ``ratios`` the steering ratios of the rows' mIoU (goal 0.8);
 ``prototypes`` the bank sizes; ``checks`` the reproductions above with ``ok``; ``versions``, ``params``,
 ``images``, ``skipped`` and ``seconds`` say what was scored and how.
 """
@@ -54,7 +59,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -87,6 +92,9 @@ from maskbank.tasks.models.device import resolve_device  # noqa: E402
 from maskbank.tasks.purify import PurifyParams  # noqa: E402
 from maskbank.tasks.retrieve import BankIndex  # noqa: E402
 from maskbank.tasks.seed import seed_proposals  # noqa: E402
+
+if TYPE_CHECKING:
+    from maskbank.flows.label import RunSummary
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "coco-tiny"
@@ -129,6 +137,16 @@ SEED_GRID: list[dict] = (
     + [{"background_bias": b} for b in (0.0, 0.5, 1.0)]
     + [{"claim_labels": c} for c in (False, True)]
 )
+# Settings that change proposals or features: each reruns the flows (sharing the store) and scores VARIANT_ROWS.
+VARIANT_GRID: list[tuple[str, dict]] = (
+    [("feature_layer", {"embed": {"layer": n}}) for n in (6, 8, 9, 11, 12)]
+    + [("proposal_density", {"propose": c}) for c in (
+        {"points_per_side": 32}, {"input_size": 1024}, {"points_per_side": 32, "input_size": 1024})]
+)
+SMOKE_VARIANT_GRID: list[tuple[str, dict]] = [
+    ("feature_layer", {"embed": {"layer": 11}}), ("proposal_density", {"propose": {"points_per_side": 6}}),
+]
+VARIANT_ROWS = ("pseudo_labels", "oracle", "retrieval", "gt_bank")
 
 
 @dataclass
@@ -276,8 +294,16 @@ def moduseg_params(params: RunParams, image_area: float) -> RunParams:
     return updated(params, {"bank": bank.model_dump(), "retrieve": retrieve.model_dump()})
 
 
-def describe(change: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in change.items()) or "flow defaults"
+def describe(change: dict, prefix: str = "") -> str:
+    """``change`` as ``a=1 b.c=2`` (nested dicts dotted)."""
+    parts = [describe(v, f"{prefix}{k}.") if isinstance(v, dict) else f"{prefix}{k}={v}" for k, v in change.items()]
+    return " ".join(parts) or "flow defaults"
+
+
+def changed(params: RunParams, change: dict) -> RunParams:
+    """``params`` with the stage fields of ``change`` (``{"embed": {"layer": 8}}``) replaced."""
+    return updated(params, {stage: updated(getattr(params, stage), fields).model_dump()
+                            for stage, fields in change.items()})
 
 
 def ablations(gt: BankImages, pseudo: BankImages, val: Sequence[Image], labelled: Sequence[Image],
@@ -290,17 +316,17 @@ def ablations(gt: BankImages, pseudo: BankImages, val: Sequence[Image], labelled
         + [("filter_ratio", c, updated(params.bank, c), params.retrieve) for c in FILTER_GRID]
     )
     out = []
-    for bank_name, source in (("gt", gt), ("pseudo", pseudo)):
+    for row, source in (("gt_bank", gt), ("retrieval", pseudo)):
         for group, change, bank_params, rule in variants:
             bank = source.bank(bank_params)
-            out.append({"group": group, "bank": bank_name, "setting": describe(change), "prototypes": len(bank),
+            out.append({"group": group, "row": row, "setting": describe(change), "prototypes": len(bank),
                         **retrieval_scores(bank, rule, val, class_names, device)})
     seeded: dict[SeedParams, dict] = {}
     for change in SEED_GRID:
         seed = updated(params.seed, change)
         if seed not in seeded:
             seeded[seed] = score_labels(labelled, seed_labels(labelled, len(class_names), seed, device), class_names)
-        out.append({"group": "seeding", "bank": None, "setting": describe(change), "prototypes": None, **seeded[seed]})
+        out.append({"group": "seeding", "row": "pseudo_labels", "setting": describe(change), "prototypes": None, **seeded[seed]})
     return out
 
 
@@ -332,8 +358,91 @@ def smoke_params() -> RunParams:
     return RunParams(propose=ProposeParams(points_per_side=4), embed=EmbedParams(long_side=224))
 
 
+@dataclass
+class Setting:
+    """The flows of one parameter setting and the rows scored from them."""
+
+    params: RunParams
+    runs: dict[str, RunSummary]
+    train: Split
+    val: Split
+    gt: BankImages
+    """Prototype source of the truth bank (train2017's truth masks on these features)."""
+    rows: dict[str, dict]
+    proposals: dict
+    """``per_image``: mean proposals per labelled image; ``coverage``: share of counted pixels in a proposal."""
+    seconds: float
+
+    @property
+    def labelled(self) -> list[Image]:
+        return self.train.images + self.val.images
+
+
+def evaluate_setting(store: Path, train: DatasetInput, val: DatasetInput, params: RunParams, device: str,
+                     extra_skips: set[str] = frozenset()) -> Setting:
+    """Run the pseudo-label flow (train + val) and the retrieval flow (train -> val) with ``params`` and score
+    the rows that do not depend on ModuSeg's settings."""
+    from maskbank.flows.label import label_images
+
+    t0 = time.perf_counter()
+    runs = {
+        "pseudo_labels": label_images(datasets=[train, val], store=str(store), params=params, device=device),
+        "retrieval": label_images(datasets=[train], targets=[val], store=str(store), params=params, device=device),
+    }
+    seconds = time.perf_counter() - t0
+    st = Store.open(store, create=False)
+    pk, fk = proposals_key(params.propose), features_key(params.embed)
+    skip = {k for r in runs.values() for k, _ in r.skipped} | set(extra_skips)
+    tr, va = (load_split(st, d, pk, pooled_key(pk, fk), skip) for d in (train, val))
+    names = tr.ref.class_names
+    labelled = tr.images + va.images
+    gt = BankImages(st, fk, tr.images, [im.truth for im in tr.images], names)
+    gt_bank = gt.bank(params.bank)
+    rows = {
+        "pseudo_labels": score_version(st, runs["pseudo_labels"].pseudo_labels, labelled, names),
+        "oracle": score_labels(labelled, [im.proposals.majority() for im in labelled], names),
+        "oracle_restricted": score_labels(labelled, [im.proposals.majority([0, *im.labels]) for im in labelled],
+                                          names),
+        "oracle_val": score_labels(va.images, [im.proposals.majority() for im in va.images], names),
+        "retrieval": {**score_version(st, runs["retrieval"].predictions, va.images, names),
+                      "prototypes": len(load_bank(st, runs["retrieval"].bank))},
+        "gt_bank": {**retrieval_scores(gt_bank, params.retrieve, va.images, names, resolve_device(device)),
+                    "prototypes": len(gt_bank)},
+    }
+    covered = sum(int(im.proposals.counts.sum()) for im in labelled)
+    counted = covered + sum(int(im.proposals.rest.sum()) for im in labelled)
+    proposals = {"per_image": float(np.mean([len(im.proposals) for im in labelled])) if labelled else math.nan,
+                 "coverage": covered / counted if counted else math.nan}
+    return Setting(params, runs, tr, va, gt, rows, proposals, seconds)
+
+
+def variant_rows(store: Path, train: DatasetInput, val: DatasetInput, base: Setting,
+                 grid: Sequence[tuple[str, dict]], device: str, log: Callable[[str], None]) -> list[dict]:
+    """Each ``(group, change)`` of ``grid``: the flows rerun with ``change`` applied to ``base``'s parameters,
+    scored on the images ``base`` scored (``VARIANT_ROWS``, plus proposals per image, coverage and seconds)."""
+    out = []
+    for group, change in grid:
+        log(f"variant {describe(change)}")
+        # Images the base setting left out stay out, so every setting is scored on the same images.
+        left_out = {k for s in (base.train, base.val) for k in s.ref.image_keys} - {
+            im.key for im in base.labelled}
+        v = evaluate_setting(store, train, val, changed(base.params, change), device, left_out)
+        if [im.key for im in v.labelled] != [im.key for im in base.labelled]:
+            raise RuntimeError(f"variant {describe(change)} scored other images than the flow defaults")
+        for row in VARIANT_ROWS:
+            out.append({"group": group, "row": row, "setting": describe(change),
+                        "prototypes": v.rows[row].get("prototypes"), **_metrics(v.rows[row]),
+                        "proposals_per_image": v.proposals["per_image"], "coverage": v.proposals["coverage"],
+                        "seconds": v.seconds})
+    return out
+
+
+def _metrics(row: dict) -> dict:
+    return {k: row[k] for k in ("images", "miou", "miou_voc21", "pixel_accuracy")}
+
+
 def run(data: Path, store: Path, params: RunParams, device: str = "auto", images: int | None = None,
-        log: Callable[[str], None] = print) -> dict:
+        variants: Sequence[tuple[str, dict]] = VARIANT_GRID, log: Callable[[str], None] = print) -> dict:
     """Run the flows and score every row and ablation; returns the results (see the module docstring)."""
     from maskbank.flows.label import label_images
 
@@ -345,83 +454,73 @@ def run(data: Path, store: Path, params: RunParams, device: str = "auto", images
                           for s in SPLITS)
         image_area = float(np.median([r.height * r.width for r in open_dataset(train.spec()).records]))
         original = moduseg_params(params, image_area)
+        base = evaluate_setting(store, train, val, params, device)
         t0 = time.perf_counter()
-        runs = {
-            "pseudo_labels": label_images(datasets=[train, val], store=str(store), params=params, device=device),
-            "retrieval": label_images(datasets=[train], targets=[val], store=str(store), params=params, device=device),
-            "retrieval_moduseg": label_images(datasets=[train], targets=[val], store=str(store), params=original,
-                                              device=device),
-        }
-        flow_seconds = time.perf_counter() - t0
-
+        moduseg = label_images(datasets=[train], targets=[val], store=str(store), params=original, device=device)
+        flow_seconds = base.seconds + time.perf_counter() - t0
+        if moduseg.skipped:
+            raise RuntimeError(f"ModuSeg settings skipped images the flow defaults did not: {moduseg.skipped}")
+        log(f"scoring {len(base.train.images)} + {len(base.val.images)} images")
         t0 = time.perf_counter()
         st = Store.open(store, create=False)
-        pk, fk = proposals_key(params.propose), features_key(params.embed)
-        plk = pooled_key(pk, fk)
-        skip = {k for r in runs.values() for k, _ in r.skipped}
-        tr, va = (load_split(st, d, pk, plk, skip) for d in (train, val))
-    names = tr.ref.class_names
-    labelled = tr.images + va.images
-    dev = resolve_device(device)
-    log(f"scoring {len(tr.images)} + {len(va.images)} images")
+        names = base.train.ref.class_names
+        labelled, va, dev = base.labelled, base.val.images, resolve_device(device)
+        rows = {name: {k: v for k, v in row.items() if k != "prototypes"} for name, row in base.rows.items()}
+        banks = {"retrieval": load_bank(st, base.runs["retrieval"].bank), "gt_bank": base.gt.bank(params.bank),
+                 "retrieval_moduseg": load_bank(st, moduseg.bank),
+                 "gt_bank_moduseg": base.gt.bank(original.bank, PurifyParams.moduseg())}
+        rows["retrieval_moduseg"] = score_version(st, moduseg.predictions, va, names)
+        rows["gt_bank_moduseg"] = retrieval_scores(banks["gt_bank_moduseg"], original.retrieve, va, names, dev)
 
-    rows = {
-        "pseudo_labels": score_version(st, runs["pseudo_labels"].pseudo_labels, labelled, names),
-        "oracle": score_labels(labelled, [im.proposals.majority() for im in labelled], names),
-        "oracle_restricted": score_labels(labelled, [im.proposals.majority([0, *im.labels]) for im in labelled],
-                                          names),
-        "oracle_val": score_labels(va.images, [im.proposals.majority() for im in va.images], names),
-        "retrieval": score_version(st, runs["retrieval"].predictions, va.images, names),
-    }
-    gt = BankImages(st, fk, tr.images, [im.truth for im in tr.images], names)
-    banks = {"retrieval": load_bank(st, runs["retrieval"].bank), "gt_bank": gt.bank(params.bank),
-             "retrieval_moduseg": load_bank(st, runs["retrieval_moduseg"].bank),
-             "gt_bank_moduseg": gt.bank(original.bank, PurifyParams.moduseg())}
-    rows["gt_bank"] = retrieval_scores(banks["gt_bank"], params.retrieve, va.images, names, dev)
-    rows["retrieval_moduseg"] = score_version(st, runs["retrieval_moduseg"].predictions, va.images, names)
-    rows["gt_bank_moduseg"] = retrieval_scores(banks["gt_bank_moduseg"], original.retrieve, va.images, names, dev)
+        pseudo_maps = [read_label_map(st, base.runs["retrieval"].pseudo_labels, im.key) for im in base.train.images]
+        pseudo = BankImages(st, features_key(params.embed), base.train.images, pseudo_maps, names)
+        ablation_rows = ablations(base.gt, pseudo, va, labelled, params, names, dev)
 
-    pseudo_maps = [read_label_map(st, runs["retrieval"].pseudo_labels, im.key) for im in tr.images]
-    pseudo = BankImages(st, fk, tr.images, pseudo_maps, names)
-    ablation_rows = ablations(gt, pseudo, va.images, labelled, params, names, dev)
+        flow_bank = banks["retrieval"]
+        rebuilt = pseudo.bank(params.bank)
+        seed_base = next(a for a in ablation_rows if a["group"] == "seeding" and a["setting"] == "flow defaults")
+        checks = {
+            "pseudo_labels_by_proposal": _check(
+                score_labels(labelled, version_proposal_labels(st, base.runs["pseudo_labels"].pseudo_labels,
+                                                               labelled), names)["miou"],
+                rows["pseudo_labels"]["miou"]),
+            "pseudo_labels_flow_evaluation": _check(
+                rows["pseudo_labels"]["miou"], base.runs["pseudo_labels"].pseudo_label_metrics["classes"]["miou"]),
+            "retrieval_flow_evaluation": _check(
+                rows["retrieval"]["miou"], base.runs["retrieval"].prediction_metrics["classes"]["miou"]),
+            "seed_replicated": _check(seed_base["miou"], rows["pseudo_labels"]["miou"]),
+            "bank_rebuilt": {"prototypes": len(rebuilt), "reference": len(flow_bank), "ok": bool(
+                len(rebuilt) == len(flow_bank) and np.array_equal(rebuilt.labels, flow_bank.labels)
+                and np.allclose(rebuilt.vectors, flow_bank.vectors, atol=1e-6))},
+            "retrieval_replicated": _check(
+                retrieval_scores(flow_bank, params.retrieve, va, names, dev)["miou"], rows["retrieval"]["miou"]),
+            "retrieval_moduseg_replicated": _check(
+                retrieval_scores(banks["retrieval_moduseg"], original.retrieve, va, names, dev)["miou"],
+                rows["retrieval_moduseg"]["miou"]),
+        }
+        scoring_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ablation_rows += variant_rows(store, train, val, base, variants, device, log)
+        variant_seconds = time.perf_counter() - t0
 
-    flow_bank = banks["retrieval"]
-    rebuilt = pseudo.bank(params.bank)
-    seed_base = next(a for a in ablation_rows if a["group"] == "seeding" and a["setting"] == "flow defaults")
-    checks = {
-        "pseudo_labels_by_proposal": _check(
-            score_labels(labelled, version_proposal_labels(st, runs["pseudo_labels"].pseudo_labels, labelled),
-                         names)["miou"], rows["pseudo_labels"]["miou"]),
-        "pseudo_labels_flow_evaluation": _check(
-            rows["pseudo_labels"]["miou"], runs["pseudo_labels"].pseudo_label_metrics["classes"]["miou"]),
-        "retrieval_flow_evaluation": _check(
-            rows["retrieval"]["miou"], runs["retrieval"].prediction_metrics["classes"]["miou"]),
-        "seed_replicated": _check(seed_base["miou"], rows["pseudo_labels"]["miou"]),
-        "bank_rebuilt": {"prototypes": len(rebuilt), "reference": len(flow_bank), "ok": bool(
-            len(rebuilt) == len(flow_bank) and np.array_equal(rebuilt.labels, flow_bank.labels)
-            and np.allclose(rebuilt.vectors, flow_bank.vectors, atol=1e-6))},
-        "retrieval_replicated": _check(
-            retrieval_scores(flow_bank, params.retrieve, va.images, names, dev)["miou"], rows["retrieval"]["miou"]),
-        "retrieval_moduseg_replicated": _check(
-            retrieval_scores(banks["retrieval_moduseg"], original.retrieve, va.images, names, dev)["miou"],
-            rows["retrieval_moduseg"]["miou"]),
-    }
     ratios = {name: {m: _ratio(rows[a][m], rows[b][m]) for m in ("miou", "miou_voc21")}
               for name, (a, b) in RATIOS.items()}
+    runs = {**base.runs, "retrieval_moduseg": moduseg}
     return _plain({
         "data": str(data), "store": str(store), "device": str(dev),
-        "images": {"train2017": len(tr.images), "val2017": len(va.images)},
-        "skipped": [list(s) for s in tr.skipped + va.skipped],
+        "images": {"train2017": len(base.train.images), "val2017": len(va)},
+        "skipped": [list(s) for s in base.train.skipped + base.val.skipped],
         "params": {"flow": params.model_dump(mode="json"), "moduseg": original.model_dump(mode="json"),
                    "gt_bank_moduseg_purify": asdict(PurifyParams.moduseg()), "moduseg_image_area": image_area},
         "versions": {name: {"pseudo_labels": r.pseudo_labels, "bank": r.bank, "predictions": r.predictions}
                      for name, r in runs.items()},
         "rows": {name: {"description": ROWS[name], **rows[name]} for name in ROWS},
+        "proposals": base.proposals,
         "prototypes": {name: len(bank) for name, bank in banks.items()},
         "ratios": ratios,
         "ablations": ablation_rows,
         "checks": checks,
-        "seconds": {"flows": flow_seconds, "scoring": time.perf_counter() - t0},
+        "seconds": {"flows": flow_seconds, "scoring": scoring_seconds, "variants": variant_seconds},
     })
 
 
@@ -431,14 +530,18 @@ def report(results: dict) -> str:
     head = ["row", "images", "mIoU", "mIoU VOC21", "pixel acc", "what"]
     rows = [[name, r["images"], *(r[m] for m in metrics), r["description"]] for name, r in results["rows"].items()]
     ratios = [[name, r["miou"], r["miou_voc21"], "goal >= 0.8"] for name, r in results["ratios"].items()]
-    abl = [[a["group"], a["bank"] or "", a["setting"], a["prototypes"], *(a[m] for m in metrics)]
-           for a in results["ablations"]]
+    abl = [[a["group"], a["row"], a["setting"], a["prototypes"], *(a[m] for m in metrics)]
+           for a in results["ablations"] if "coverage" not in a]
+    var = [[a["group"], a["row"], a["setting"], a["prototypes"], *(a[m] for m in metrics), a["proposals_per_image"],
+            a["coverage"], a["seconds"]] for a in results["ablations"] if "coverage" in a]
     checks = [[name, "ok" if c["ok"] else "MISMATCH", c.get("value", c.get("prototypes")), c["reference"]]
               for name, c in results["checks"].items()]
     return "\n\n".join([
         format_table(head, rows),
         format_table(["ratio", "mIoU", "mIoU VOC21", ""], ratios),
-        format_table(["ablation", "bank", "setting", "prototypes", "mIoU", "mIoU VOC21", "pixel acc"], abl),
+        format_table(["ablation", "row", "setting", "prototypes", "mIoU", "mIoU VOC21", "pixel acc"], abl),
+        format_table(["variant", "row", "setting", "prototypes", "mIoU", "mIoU VOC21", "pixel acc", "proposals/image",
+                      "coverage", "flow s"], var),
         format_table(["check", "", "value", "reference"], checks),
     ])
 
@@ -454,7 +557,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     params = smoke_params() if args.smoke else RunParams()
-    results = run(args.data, args.store, params, args.device, SMOKE_IMAGES if args.smoke else None)
+    results = run(args.data, args.store, params, args.device, SMOKE_IMAGES if args.smoke else None,
+                  SMOKE_VARIANT_GRID if args.smoke else VARIANT_GRID)
     results["smoke"] = args.smoke
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

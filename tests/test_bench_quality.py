@@ -111,10 +111,23 @@ def test_smoke_run_scores_every_row(prefect_harness, sample_root, tmp_path):
     for name in ("retrieval", "gt_bank", "retrieval_moduseg", "gt_bank_moduseg"):
         assert rows["oracle_val"]["pixel_accuracy"] >= rows[name]["pixel_accuracy"], name
     assert all(c["ok"] for c in results["checks"].values()), results["checks"]
-    groups = {(a["group"], a["bank"]) for a in results["ablations"]}
-    banks = {(g, b) for g in ("rule", "erosion", "filter_ratio") for b in ("gt", "pseudo")}
-    assert groups == banks | {("seeding", None)}
+    groups = {(a["group"], a["row"]) for a in results["ablations"]}
+    retrieval = {(g, r) for g in ("rule", "erosion", "filter_ratio") for r in ("gt_bank", "retrieval")}
+    variants = {(g, r) for g, _ in quality.SMOKE_VARIANT_GRID for r in quality.VARIANT_ROWS}
+    assert groups == retrieval | {("seeding", "pseudo_labels")} | variants
     per_bank = len(quality.RULE_GRID) + len(quality.EROSION_GRID) + len(quality.FILTER_GRID)
-    assert len(results["ablations"]) == 2 * per_bank + len(quality.SEED_GRID)
+    per_variant = len(quality.VARIANT_ROWS)
+    assert len(results["ablations"]) == (2 * per_bank + len(quality.SEED_GRID)
+                                         + per_variant * len(quality.SMOKE_VARIANT_GRID))
     assert all(0.0 <= a["pixel_accuracy"] <= 1.0 for a in results["ablations"])
+    assert all(a["images"] == 4 for a in results["ablations"] if a["row"] in ("pseudo_labels", "oracle"))
+    assert 0.0 < results["proposals"]["coverage"] <= 1.0
+    by_setting = {(a["setting"], a["row"]): a for a in results["ablations"] if "coverage" in a}
+    # The layer only changes features: proposals, and so the oracle, are those of the defaults.
+    layer = by_setting["embed.layer=11", "oracle"]
+    assert layer["miou"] == pytest.approx(rows["oracle"]["miou"])
+    assert layer["coverage"] == pytest.approx(results["proposals"]["coverage"])
+    # Denser prompts change the proposals (the oracle is the proposals' own ceiling, so it is scored anew).
+    dense = by_setting["propose.points_per_side=6", "oracle"]
+    assert dense["proposals_per_image"] != results["proposals"]["per_image"] or dense["coverage"] != layer["coverage"]
     assert set(results["ratios"]) == set(quality.RATIOS)
