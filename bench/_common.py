@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +160,37 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def provenance(script: str, argv: Sequence[str] | None = None) -> dict:
+    """What produced a result: the command (``script`` with ``argv``, the process's arguments by default), the
+    UTC date, the repository commit and the machine."""
+    import torch
+
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    args = list(sys.argv[1:] if argv is None else argv)
+    return {
+        "command": shlex.join(["python", f"bench/{Path(script).name}", *args]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+    }
+
+
+def publish(results: dict, out: Path, text: str, script: str, argv: Sequence[str] | None = None) -> None:
+    """Add ``provenance`` to ``results``, write them to ``out`` as JSON and ``text`` beside it (``.txt``),
+    and print ``text``."""
+    results["provenance"] = provenance(script, argv)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    out.with_suffix(".txt").write_text(text + "\n")
+    print(text)
+    print(f"\nwritten {out} and {out.with_suffix('.txt')}")

@@ -51,7 +51,6 @@ entries add ``proposals_per_image``, ``coverage`` (share of counted pixels insid
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -70,7 +69,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable from
 
 from bench._common import (  # noqa: E402
     ProposalTruth, coco_slice, fold_confusion, format_table, owner_map, pixel_accuracy, proposal_confusion,
-    resize_nearest,
+    publish, resize_nearest,
 )
 from maskbank.flows.params import (  # noqa: E402
     BankParams, EmbedParams, ProposeParams, RetrieveParams, RunParams, SeedParams,
@@ -560,10 +559,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = run(args.data, args.store, params, args.device, SMOKE_IMAGES if args.smoke else None,
                   SMOKE_VARIANT_GRID if args.smoke else VARIANT_GRID)
     results["smoke"] = args.smoke
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(report(results))
-    print(f"\nwritten {args.out}")
+    publish(results, args.out, report(results), __file__, argv)
     return results
 
 

@@ -49,7 +49,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import coco_slice, format_table  # noqa: E402
+from bench._common import coco_slice, format_table, publish  # noqa: E402
 
 if TYPE_CHECKING:
     from maskbank.flows.params import RunParams
@@ -354,10 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
                             threads=tuple(args.threads), device=args.device)
     results = run(args.data, settings)
     results["smoke"] = args.smoke
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(report(results))
-    print(f"\nwritten {args.out}")
+    publish(results, args.out, report(results), __file__, argv)
     return results
 
 

@@ -98,6 +98,8 @@ def test_smoke_run_scores_every_row(prefect_harness, sample_root, tmp_path):
                   "--device", "cpu"])
     results = json.loads(out.read_text())
     assert results["images"] == {"train2017": 2, "val2017": 2}
+    assert results["provenance"]["command"].startswith("python bench/quality.py --data ")
+    assert "pseudo_labels" in out.with_suffix(".txt").read_text()
     rows = results["rows"]
     assert set(rows) == set(quality.ROWS)
     for name, row in rows.items():

@@ -57,6 +57,9 @@ def test_smoke_run(prefect_harness, sample_root, tmp_path):
     speed.main(["--data", str(sample_root), "--out", str(out), "--smoke"])
     results = json.loads(out.read_text())
     assert results["smoke"] and results["images"] == ["000000116740.jpg", "000000196610.jpg"]
+    assert results["provenance"]["command"].startswith("python bench/speed.py --data ")
+    assert results["provenance"]["machine"]["cpus"] >= 1 and results["provenance"]["date"]
+    assert "CPU s/image" in out.with_suffix(".txt").read_text()
     runs = results["proposals"]["1"]
     assert set(runs) == set(speed.GENERATORS)
     for r in runs.values():
