@@ -32,7 +32,7 @@ from pathlib import Path
 
 args = json.loads(sys.argv[1])
 if args["pause"]:
-    import maskbank.storage.store as store_module
+    import maskbank.storage.items as store_module
     from prefect.context import TaskRunContext
 
     write_group, writes = store_module.write_group, []
