@@ -1,5 +1,5 @@
 """Pure helpers of the benchmarks: scoring labelled proposals without painting, folding confusion matrices
-onto a class subset, slicing COCO splits, and plain-text tables.
+onto a class subset, plain-text tables, and publishing results with their provenance.
 
 Disjoint proposals make painting a lookup: every pixel lies in at most one proposal, so a label map
 painted from per-proposal labels (any score order, any mask NMS, since disjoint masks never overlap) is
@@ -129,23 +129,6 @@ def pixel_accuracy(matrix: np.ndarray) -> float:
     """Share of counted pixels whose prediction is their truth (NaN when none is counted)."""
     total = int(np.asarray(matrix).sum())
     return float(np.trace(matrix) / total) if total else math.nan
-
-
-def coco_slice(root: Path, split: str, count: int, dest: Path) -> Path:
-    """Write the first ``count`` images (by file name) of a COCO split's instances json to
-    ``dest/annotations/instances_<split>.json``; returns its path (images stay in ``root/<split>``)."""
-    src = Path(root) / "annotations" / f"instances_{split}.json"
-    data = json.loads(src.read_text())
-    images = sorted(data["images"], key=lambda im: im["file_name"])[:count]
-    if len(images) < count:
-        raise ValueError(f"{src} has {len(images)} images, fewer than {count}")
-    ids = {im["id"] for im in images}
-    data["images"] = images
-    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in ids]
-    out = Path(dest) / "annotations" / f"instances_{split}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data))
-    return out
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -68,7 +68,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable from
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
-    ProposalTruth, coco_slice, fold_confusion, format_table, owner_map, pixel_accuracy, proposal_confusion,
+    ProposalTruth, fold_confusion, format_table, owner_map, pixel_accuracy, proposal_confusion,
     publish, resize_nearest,
 )
 from maskbank.flows.params import (  # noqa: E402
@@ -83,6 +83,7 @@ from maskbank.flows.stages.labelmaps import read_label_map  # noqa: E402
 from maskbank.flows.stages.pool import POOLED, pooled_key  # noqa: E402
 from maskbank.flows.stages.propose import proposals_key  # noqa: E402
 from maskbank.storage.datasets import DatasetError, open_dataset  # noqa: E402
+from maskbank.storage.datasets.coco import write_coco_subset  # noqa: E402
 from maskbank.storage.store import Store  # noqa: E402
 from maskbank.storage.versions import read_version  # noqa: E402
 from maskbank.tasks.bank import BankBuilder, PrototypeBank, prototypes_for_image  # noqa: E402
@@ -449,7 +450,7 @@ def run(data: Path, store: Path, params: RunParams, device: str = "auto", images
         if images is None:
             train, val = (DatasetInput(path=str(data), split=s) for s in SPLITS)
         else:
-            train, val = (DatasetInput(path=str(coco_slice(data, s, images, Path(tmp))), images=str(data / s))
+            train, val = (DatasetInput(path=str(write_coco_subset(data, s, Path(tmp), first=images)), images=str(data / s))
                           for s in SPLITS)
         image_area = float(np.median([r.height * r.width for r in open_dataset(train.spec()).records]))
         original = moduseg_params(params, image_area)

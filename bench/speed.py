@@ -49,7 +49,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import coco_slice, format_table, publish  # noqa: E402
+from bench._common import format_table, publish  # noqa: E402
 
 if TYPE_CHECKING:
     from maskbank.flows.params import RunParams
@@ -250,6 +250,7 @@ def measure_flow(count: int, params: RunParams, device: str) -> dict:
     from maskbank.flows import runtime
     from maskbank.flows.label import label_images
     from maskbank.flows.stages.ingest import DatasetInput
+    from maskbank.storage.datasets.coco import write_coco_subset
 
     @flow
     def warm_up() -> None:
@@ -261,7 +262,7 @@ def measure_flow(count: int, params: RunParams, device: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="maskbank-speed-") as tmp:
         store = str(Path(tmp) / "speed.zarr")
         for name, images in (("cold", count), ("cached_rerun", count), ("add_one_image", count + 1)):
-            dataset = DatasetInput(path=str(coco_slice(SAMPLE, "train2017", images, Path(tmp))),
+            dataset = DatasetInput(path=str(write_coco_subset(SAMPLE, "train2017", Path(tmp), first=images)),
                                    images=str(SAMPLE / "train2017"))
             runtime.proposer.cache_clear()
             runtime.extractor.cache_clear()

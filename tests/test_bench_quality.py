@@ -14,7 +14,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._common import (  # noqa: E402
-    ProposalTruth, coco_slice, fold_confusion, format_table, owner_map, pixel_accuracy, proposal_confusion,
+    ProposalTruth, fold_confusion, format_table, owner_map, pixel_accuracy, proposal_confusion,
     resize_nearest,
 )
 from maskbank.tasks.classes import VOC_CLASSES  # noqa: E402
@@ -80,11 +80,7 @@ def test_fold_confusion_matches_subset_update():
     assert pixel_accuracy(full) == pytest.approx((pred == truth)[truth != 255].mean())
 
 
-def test_coco_slice_and_table(tmp_path, sample_root):
-    path = coco_slice(sample_root, "val2017", 2, tmp_path)
-    data = json.loads(path.read_text())
-    assert [im["file_name"] for im in data["images"]] == ["000000055299.jpg", "000000184324.jpg"]
-    assert {a["image_id"] for a in data["annotations"]} <= {im["id"] for im in data["images"]}
+def test_format_table():
     table = format_table(["a", "b"], [["x", 0.5], ["yy", None]]).splitlines()
     assert table == ["a   b", "--  ------", "x   0.5000", "yy  -"]
 

@@ -353,3 +353,27 @@ def test_voc(tmp_path):
 
     merged = open_dataset(root, rename={"person": "dog"})
     assert len(merged.class_names) == 20 and merged.truth("2007_000001")[3, 3] == merged.class_names.index("dog")
+
+
+def test_write_coco_subset_by_name_or_first(tmp_path, sample_root):
+    from maskbank.storage.datasets.coco import write_coco_subset
+
+    first = write_coco_subset(sample_root, "val2017", tmp_path / "first", first=2)
+    data = json.loads(first.read_text())
+    assert [im["file_name"] for im in data["images"]] == ["000000055299.jpg", "000000184324.jpg"]
+    assert {a["image_id"] for a in data["annotations"]} == {im["id"] for im in data["images"]}
+    assert not (tmp_path / "first" / "val2017").exists()
+    ds = open_dataset(DatasetSpec(path=str(first), images=str(sample_root / "val2017")))
+    assert ds.image_ids == ["000000055299", "000000184324"]
+
+    named = write_coco_subset(sample_root, "val2017", tmp_path / "named", ["000000184324"], copy_images=True)
+    assert [im["file_name"] for im in json.loads(named.read_text())["images"]] == ["000000184324.jpg"]
+    assert (tmp_path / "named" / "val2017" / "000000184324.jpg").is_file()
+    assert len(open_dataset(DatasetSpec(path=str(tmp_path / "named"), split="val2017")).records) == 1
+
+    with pytest.raises(DatasetError, match="no images"):
+        write_coco_subset(sample_root, "val2017", tmp_path / "x", ["nope"])
+    with pytest.raises(DatasetError, match="fewer than"):
+        write_coco_subset(sample_root, "val2017", tmp_path / "x", first=1000)
+    with pytest.raises(ValueError, match="exactly one"):
+        write_coco_subset(sample_root, "val2017", tmp_path / "x")

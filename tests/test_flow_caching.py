@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import coco_slice
+from maskbank.storage.datasets.coco import write_coco_subset
 
 pytestmark = [pytest.mark.real]
 
@@ -44,8 +44,8 @@ def _run(train_json: Path, val_json: Path, store: Path, params):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, sample_root):
     root = tmp_path_factory.mktemp("coco")
-    train = coco_slice(sample_root, root, "train2017", TRAIN[:3])
-    val = coco_slice(sample_root, root, "val2017", VAL)
+    train = write_coco_subset(sample_root, "train2017", root, TRAIN[:3], copy_images=True)
+    val = write_coco_subset(sample_root, "val2017", root, VAL, copy_images=True)
     return root, train, val
 
 
@@ -104,7 +104,7 @@ def test_deleted_zarr_output_is_recomputed(first_run, data):
 def test_adding_an_image_computes_only_that_image(first_run, data, sample_root):
     store, first, _ = first_run
     root, _, val = data
-    train = coco_slice(sample_root, root, "train2017", TRAIN)  # one more labelled image
+    train = write_coco_subset(sample_root, "train2017", root, TRAIN, copy_images=True)  # one more labelled image
     summary, _ = _run(train, val, store, _light_params())
     assert summary.computed == {"propose": 1, "embed": 1, "pool": 1}
     assert summary.pseudo_labels != first.pseudo_labels

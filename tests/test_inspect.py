@@ -24,7 +24,7 @@ from maskbank.storage.store import Store
 from maskbank.storage.versions import publish_version
 from maskbank.tasks import render, rle
 from maskbank.tasks.geometry import PatchGeometry
-from helpers import coco_slice
+from maskbank.storage.datasets.coco import write_coco_subset
 
 IMAGES = ["000000184324", "000000208901"]
 PK, FK, PLK = "p" * 24, "f" * 24, "q" * 24
@@ -67,7 +67,7 @@ def _evaluation(st: Store, parent: str, fp: str, person: float, car: float | Non
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, sample_root) -> Built:
     tmp = tmp_path_factory.mktemp("inspect")
-    ann = coco_slice(sample_root, tmp / "coco", "val2017", IMAGES)
+    ann = write_coco_subset(sample_root, "val2017", tmp / "coco", IMAGES, copy_images=True)
     ds = open_dataset(DatasetSpec(path=ann))
     st = Store.open(tmp / "store.zarr")
     fp = st.write_manifest(ds, tmp / "hashes.json")

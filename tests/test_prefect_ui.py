@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import coco_slice
+from maskbank.storage.datasets.coco import write_coco_subset
 
 pytestmark = [pytest.mark.server, pytest.mark.real]
 
@@ -207,8 +207,8 @@ def _run_deployment(env: dict, deployment: str, parameters: dict) -> tuple:
 def label_run(deployed, tmp_path_factory, sample_root):
     data = tmp_path_factory.mktemp("coco")
     store = tmp_path_factory.mktemp("store") / "sample.zarr"
-    train = coco_slice(sample_root, data, "train2017", TRAIN)
-    val = coco_slice(sample_root, data, "val2017", VAL)
+    train = write_coco_subset(sample_root, "train2017", data, TRAIN, copy_images=True)
+    val = write_coco_subset(sample_root, "val2017", data, VAL, copy_images=True)
     parameters = {"datasets": [{"path": str(train)}], "targets": [{"path": str(val)}], "store": str(store),
                   "params": LIGHT, "device": "cpu"}
     flow_run, artifacts = _run_deployment(deployed["env"], "maskbank-label/sample", parameters)

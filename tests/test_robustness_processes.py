@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import coco_slice
+from maskbank.storage.datasets.coco import write_coco_subset
 
 pytestmark = [pytest.mark.real]
 
@@ -149,8 +149,9 @@ def _assert_every_item_verifies(store: Path) -> None:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, sample_root) -> dict:
     root = tmp_path_factory.mktemp("coco")
-    return {"datasets": [{"path": str(coco_slice(sample_root, root, "train2017", TRAIN))}],
-            "targets": [{"path": str(coco_slice(sample_root, root, "val2017", VAL))}]}
+    train, val = (write_coco_subset(sample_root, split, root, stems, copy_images=True)
+                  for split, stems in (("train2017", TRAIN), ("val2017", VAL)))
+    return {"datasets": [{"path": str(train)}], "targets": [{"path": str(val)}]}
 
 
 @pytest.fixture(scope="module")

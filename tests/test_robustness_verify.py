@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 from typer.testing import CliRunner
-from helpers import coco_slice
+from maskbank.storage.datasets.coco import write_coco_subset
 
 pytestmark = [pytest.mark.real]
 
@@ -64,7 +64,8 @@ def _delete_chunks(store: Path, path: str, array: str) -> None:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, sample_root):
     root = tmp_path_factory.mktemp("coco")
-    return coco_slice(sample_root, root, "train2017", TRAIN), coco_slice(sample_root, root, "val2017", VAL)
+    return (write_coco_subset(sample_root, "train2017", root, TRAIN, copy_images=True),
+            write_coco_subset(sample_root, "val2017", root, VAL, copy_images=True))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -130,6 +131,43 @@ def read_coco(
         notes=empty_label_notes({r.image_id: r.labels for r in records}),
         exif_transpose=False,
     )
+
+
+def write_coco_subset(
+    root: str | Path, split: str, dest: str | Path, stems: Sequence[str] | None = None, first: int | None = None,
+    copy_images: bool = False,
+) -> Path:
+    """Write a COCO ``split`` of ``root`` restricted to some images to ``dest/annotations/instances_<split>.json``.
+
+    The images are those named by ``stems`` (file names without extension, in the split's order) or the
+    ``first`` by file name. With ``copy_images`` they are copied to ``dest/<split>``; without, read the
+    subset with ``images=<root>/<split>``. Returns the json's path.
+    """
+    if (stems is None) == (first is None):
+        raise ValueError("give exactly one of stems and first")
+    root, dest = Path(root), Path(dest)
+    src = root / "annotations" / f"instances_{split}.json"
+    coco = json.loads(src.read_text())
+    if stems is not None:
+        wanted = set(stems)
+        images = [im for im in coco["images"] if PurePosixPath(im["file_name"]).stem in wanted]
+        missing = wanted - {PurePosixPath(im["file_name"]).stem for im in images}
+        if missing:
+            raise DatasetError(f"{src} has no images {sorted(missing)}")
+    else:
+        images = sorted(coco["images"], key=lambda im: im["file_name"])[:first]
+        if len(images) < first:
+            raise DatasetError(f"{src} has {len(images)} images, fewer than {first}")
+    ids = {im["id"] for im in images}
+    coco["images"], coco["annotations"] = images, [a for a in coco["annotations"] if a["image_id"] in ids]
+    if copy_images:
+        (dest / split).mkdir(parents=True, exist_ok=True)
+        for im in images:
+            shutil.copy2(root / split / im["file_name"], dest / split / im["file_name"])
+    out = dest / "annotations" / f"instances_{split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(coco))
+    return out
 
 
 class CocoTruth:
