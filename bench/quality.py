@@ -37,8 +37,8 @@ Proposals are disjoint, so a painted label map is a lookup of its proposals' lab
 ``checks`` of the output confirm it on this data: scoring run 1's per-proposal labels this way, seeding
 again in-process, rebuilding run 2's bank and retrieving again with it all reproduce the flow's figures.
 
-With ``--smoke`` the first 2 images of each split are used at light settings (4x4 prompts, 224 px
-features) and two light variants.
+With ``--smoke`` the first 2 images of each split are used at light settings (4x4 prompts at 512 px,
+224 px features) and two light variants.
 
 Output JSON: ``rows`` and ``ablations`` entries hold ``images``, ``miou``, ``miou_voc21`` and
 ``pixel_accuracy`` (null where undefined); an ablation's ``row`` names the row it varies, and a variant's
@@ -140,7 +140,8 @@ SEED_GRID: list[dict] = (
 # Settings that change proposals or features: each reruns the flows (sharing the store) and scores VARIANT_ROWS.
 VARIANT_GRID: list[tuple[str, dict]] = (
     [("feature_layer", {"embed": {"layer": n}}) for n in (6, 8, 9, 11, 12)]
-    + [("proposal_density", {"propose": c}) for c in ({"points_per_side": 32}, {"input_size": 1024})]
+    + [("proposal_density", {"propose": {"input_size": n, "points_per_side": k}})
+       for n, k in ((512, 16), (512, 32), (1024, 16))]
 )
 SMOKE_VARIANT_GRID: list[tuple[str, dict]] = [
     ("feature_layer", {"embed": {"layer": 11}}), ("proposal_density", {"propose": {"points_per_side": 6}}),
@@ -354,7 +355,7 @@ def _plain(value: object) -> object:
 
 
 def smoke_params() -> RunParams:
-    return RunParams(propose=ProposeParams(points_per_side=4), embed=EmbedParams(long_side=224))
+    return RunParams(propose=ProposeParams(input_size=512, points_per_side=4), embed=EmbedParams(long_side=224))
 
 
 @dataclass
