@@ -1,10 +1,9 @@
 """Class-agnostic mask proposals: Segment Anything automatic masks, and their non-overlapping cut.
 
 :class:`MaskProposer` runs SAM automatic mask generation (a grid of point prompts, IoU and stability
-filtering, box NMS) and returns its masks as COCO RLEs with their scores. Two generators
-compute it: ``"fast"`` (:class:`~maskbank.tasks.fast_amg.FastMaskGenerator`, the default) and
-``"stock"`` (Meta's ``SamAutomaticMaskGenerator``); in float32 they give the same masks.
-Both return :class:`~maskbank.tasks.proposals.Proposals`.
+filtering, box NMS) and returns :class:`~maskbank.tasks.proposals.Proposals` (COCO RLEs with their
+scores). Two generators compute it: ``"fast"`` (:class:`~maskbank.tasks.fast_amg.FastMaskGenerator`, the
+default) and ``"stock"`` (Meta's ``SamAutomaticMaskGenerator``); in float32 they give the same masks.
 :func:`non_overlapping` turns overlapping proposals into disjoint regions, the way ModuSeg paints its
 entity masks: higher-scoring masks win contested pixels and small leftovers are dropped.
 """
