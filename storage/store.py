@@ -51,35 +51,15 @@ from maskbank.storage.items import (
 )
 from maskbank.tasks import rle
 from maskbank.tasks.geometry import PatchGeometry
+from maskbank.tasks.proposals import Proposals
 
 __all__ = [
     "FEATURES", "PROPOSALS", "STAGING_GROUP", "STORE_FORMAT", "Item", "Manifest", "MissingItemError",
-    "NotAStoreError", "Store", "StoredProposals", "decode_id", "encode_id",
+    "NotAStoreError", "Store", "decode_id", "encode_id",
 ]
 
 PROPOSALS = "proposals"
 FEATURES = "features"
-
-
-@dataclass(frozen=True)
-class StoredProposals:
-    """One image's proposals as stored: RLEs ``{"size": [h, w], "counts": str}``, ``predicted_iou`` and
-    ``stability_score`` float32, ``bbox`` int32 xywh, ``area`` int64 (the fields of ``tasks.propose.Proposals``)."""
-
-    rles: list[dict]
-    predicted_iou: np.ndarray
-    stability_score: np.ndarray
-    bbox: np.ndarray
-    area: np.ndarray
-    image_hw: tuple[int, int]
-    attrs: dict
-
-    def __len__(self) -> int:
-        return len(self.rles)
-
-    def masks(self) -> np.ndarray:
-        """Decoded masks, bool ``[N, H, W]``."""
-        return rle.decode(self.rles, self.image_hw)
 
 
 @dataclass(frozen=True)
@@ -142,12 +122,12 @@ class Store(ItemStore):
         item_attrs = {**(attrs or {}), "image_hw": list(hw)}
         return self.write_image_item(PROPOSALS, key, image_id, arrays, item_attrs, dims, overwrite)
 
-    def read_proposals(self, key: str, image_id: str, verify: bool = True) -> StoredProposals:
+    def read_proposals(self, key: str, image_id: str, verify: bool = True) -> Proposals:
         item = self.read_image_item(PROPOSALS, key, image_id, verify)
         hw = tuple(int(v) for v in item.attrs["image_hw"])
         rles = [{"size": list(hw), "counts": s} for s in item.arrays["rle"].tolist()]
         a = item.arrays
-        return StoredProposals(rles, a["predicted_iou"], a["stability_score"], a["bbox"], a["area"], hw, item.attrs)
+        return Proposals(rles, a["predicted_iou"], a["stability_score"], a["bbox"], a["area"], hw)
 
     def write_features(
         self,

@@ -11,8 +11,8 @@ from maskbank.storage.datasets import load_rgb
 from maskbank.storage.store import PROPOSALS, Store
 from maskbank.tasks.propose import non_overlapping
 
-MODULES = ("maskbank.tasks.propose", "maskbank.tasks.fast_amg", "maskbank.tasks.point_decoder",
-           "maskbank.tasks.models.sam", "maskbank.tasks.models.tiny_vit",
+MODULES = ("maskbank.tasks.propose", "maskbank.tasks.proposals", "maskbank.tasks.fast_amg",
+           "maskbank.tasks.point_decoder", "maskbank.tasks.models.sam", "maskbank.tasks.models.tiny_vit",
            "maskbank.tasks.rle", __name__)
 
 

@@ -1,0 +1,75 @@
+"""One image's mask proposals: COCO RLEs with SAM's scores, boxes and areas (numpy only, no model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from maskbank.tasks import rle
+
+
+@dataclass
+class Proposals:
+    """Masks of one image as COCO RLEs, with SAM's scores and per-mask box (xywh, pixels) and area."""
+
+    rles: list[dict]
+    predicted_iou: np.ndarray
+    stability_score: np.ndarray
+    bbox: np.ndarray
+    area: np.ndarray
+    image_hw: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        self.image_hw = (int(self.image_hw[0]), int(self.image_hw[1]))
+        self.predicted_iou = np.asarray(self.predicted_iou, dtype=np.float32).reshape(-1)
+        self.stability_score = np.asarray(self.stability_score, dtype=np.float32).reshape(-1)
+        self.bbox = np.asarray(self.bbox, dtype=np.int32).reshape(-1, 4)
+        self.area = np.asarray(self.area, dtype=np.int64).reshape(-1)
+        n = len(self.rles)
+        lengths = {len(self.predicted_iou), len(self.stability_score), len(self.bbox), len(self.area)}
+        if lengths != {n}:
+            raise ValueError(f"proposal arrays are not aligned with {n} masks: lengths {sorted(lengths)}")
+        for r in self.rles:
+            if tuple(r["size"]) != self.image_hw:
+                raise ValueError(f"RLE size {r['size']} != image size {list(self.image_hw)}")
+
+    @classmethod
+    def from_rles(
+        cls,
+        rles: list[dict],
+        predicted_iou: np.ndarray,
+        stability_score: np.ndarray,
+        image_hw: tuple[int, int],
+    ) -> Proposals:
+        """Proposals whose boxes and areas are measured from the RLEs."""
+        return cls(rles, predicted_iou, stability_score, rle.bbox(rles), rle.area(rles), image_hw)
+
+    @classmethod
+    def empty(cls, image_hw: tuple[int, int]) -> Proposals:
+        """No proposals for an ``image_hw`` image."""
+        return cls.from_rles([], np.zeros(0), np.zeros(0), image_hw)
+
+    @property
+    def score(self) -> np.ndarray:
+        """Ranking score ``predicted_iou * stability_score``, ``float32[N]``."""
+        return self.predicted_iou * self.stability_score
+
+    def masks(self) -> np.ndarray:
+        """Decoded masks, ``bool[N, H, W]``."""
+        return rle.decode(self.rles, self.image_hw)
+
+    def __len__(self) -> int:
+        return len(self.rles)
+
+    def select(self, idx: np.ndarray | list[int] | slice) -> Proposals:
+        """The proposals at ``idx`` (integer indices, a boolean mask of length N, or a slice), in that order."""
+        picked = np.arange(len(self))[idx]
+        return Proposals(
+            [self.rles[i] for i in picked],
+            self.predicted_iou[picked],
+            self.stability_score[picked],
+            self.bbox[picked],
+            self.area[picked],
+            self.image_hw,
+        )
