@@ -43,7 +43,7 @@ class ProposerConfig:
     decoded at once: on a CPU, 16 keeps the decoder's activations in cache and runs faster than 64.
     """
 
-    input_size: int = 512
+    input_size: int = 1024
     points_per_side: int = 16
     points_per_batch: int = 16
     pred_iou_thresh: float = 0.88

@@ -98,7 +98,7 @@ def test_proposer_rejects_bad_input(tiny_sam):
 
 def test_config_validation_and_min_area():
     cfg = ProposerConfig()
-    assert (cfg.input_size, cfg.points_per_side, cfg.bf16) == (512, 16, True)
+    assert (cfg.input_size, cfg.points_per_side, cfg.bf16) == (1024, 16, True)
     assert cfg.min_area == pytest.approx(0.0016)
     assert cfg.min_area_pixels((375, 500)) == 300
     assert cfg.min_area_pixels((1, 1)) == 1
