@@ -151,26 +151,32 @@ def provenance(script: str, argv: Sequence[str] | None = None) -> dict:
     import torch
 
     repo = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD") or None
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "flows", "tasks", "storage", "maskbank",
+                  "bench")
     args = list(sys.argv[1:] if argv is None else argv)
     return {
         "command": shlex.join(["python", f"bench/{Path(script).name}", *args]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "commit": commit,
+        "uncommitted_changes": None if changed is None else bool(changed),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
     }
 
 
-def publish(results: dict, out: Path, text: str, script: str, argv: Sequence[str] | None = None) -> None:
-    """Add ``provenance`` to ``results``, write them to ``out`` as JSON and ``text`` beside it (``.txt``),
-    and print ``text``."""
-    results["provenance"] = provenance(script, argv)
+def publish(results: dict, out: Path, text: str, origin: dict) -> None:
+    """Add ``origin`` (a :func:`provenance` taken when the run began) to ``results``, write them to ``out`` as
+    JSON and ``text`` beside it (``.txt``), and print ``text``."""
+    results["provenance"] = origin
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -43,9 +43,10 @@ With ``--smoke`` the first 2 images of each split are used at light settings (4x
 Output JSON: ``rows`` and ``ablations`` entries hold ``images``, ``miou``, ``miou_voc21`` and
 ``pixel_accuracy`` (null where undefined); an ablation's ``row`` names the row it varies, and a variant's
 entries add ``proposals_per_image``, ``coverage`` (share of counted pixels inside a proposal) and the
-``seconds`` of its flows; ``proposals`` holds the defaults' proposals per image and coverage; ``ratios`` the steering ratios of the rows' mIoU (goal 0.8);
+``seconds`` of its two flow runs (stages served from the cache take almost none); ``proposals`` holds the
+defaults' proposals per image and coverage; ``ratios`` the steering ratios of the rows' mIoU (goal 0.8);
 ``prototypes`` the bank sizes; ``checks`` the reproductions above with ``ok``; ``versions``, ``params``,
-``images``, ``skipped`` and ``seconds`` say what was scored and how.
+``images``, ``skipped``, ``seconds`` and ``provenance`` say what was scored and how.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable from
 
 from bench._common import (  # noqa: E402
     ProposalTruth, fold_confusion, format_table, owner_map, pixel_accuracy, proposal_confusion,
-    publish, resize_nearest,
+    provenance, publish, resize_nearest,
 )
 from maskbank.flows.params import (  # noqa: E402
     BankParams, EmbedParams, ProposeParams, RetrieveParams, RunParams, SeedParams,
@@ -559,12 +560,13 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"variant groups to run ({', '.join(groups)}; all by default, none when given empty); "
                         "each reruns the flows with new proposals or features")
     args = parser.parse_args(argv)
+    origin = provenance(__file__, argv)
 
     params = smoke_params() if args.smoke else RunParams()
     grid = [(g, c) for g, c in (SMOKE_VARIANT_GRID if args.smoke else VARIANT_GRID) if g in args.variants]
     results = run(args.data, args.store, params, args.device, SMOKE_IMAGES if args.smoke else None, grid)
     results["smoke"] = args.smoke
-    publish(results, args.out, report(results), __file__, argv)
+    publish(results, args.out, report(results), origin)
     return results
 
 

@@ -49,7 +49,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import format_table, publish  # noqa: E402
+from bench._common import format_table, provenance, publish  # noqa: E402
 
 if TYPE_CHECKING:
     from maskbank.flows.params import RunParams
@@ -347,6 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("runs/speed.json"), help="results JSON")
     parser.add_argument("--smoke", action="store_true", help="2 images at light settings (for the test suite)")
     args = parser.parse_args(argv)
+    origin = provenance(__file__, argv)
 
     if args.smoke:
         settings = Settings.smoke(args.device)
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
                             threads=tuple(args.threads), device=args.device)
     results = run(args.data, settings)
     results["smoke"] = args.smoke
-    publish(results, args.out, report(results), __file__, argv)
+    publish(results, args.out, report(results), origin)
     return results
 
 
