@@ -46,7 +46,7 @@ class SeedParams(_Params):
     background_bias: float = Field(0.5, description="Score of background: the evidence a class needs to claim a proposal.")
     saliency_weight: float = Field(1.0, ge=0, description="Weight of the saliency foreground prior (0 = off).")
     rounds: int = Field(2, ge=0, description="Refinement rounds against the other images' seeds.")
-    claim_labels: bool = Field(False, description="Make every image label claim at least one proposal (hurts when small labelled objects have no proposal of their own).")
+    claim_labels: bool = Field(True, description="Make every image label claim at least one proposal (an image label says the class is there; turn off with coarse proposals, where small labelled objects have no proposal of their own).")
 
     def config(self) -> "SeedConfig":
         from maskbank.tasks.seed import SeedConfig

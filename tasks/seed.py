@@ -10,10 +10,10 @@ labelled images.
    image has gives no evidence (0).
 2. **Foreground prior** (optional). A saliency value per proposal in [0, 1] (e.g. the DINOv2 saliency head)
    shifts the background score.
-3. **Every label is somewhere** (optional, ``claim_labels``). Each of an image's labels claims at least its
-   best-scoring proposal (multiple-instance constraint). Off by default: with coarse proposals, small
-   labelled objects (a tie, a fork) often have no proposal of their own and would take one from a larger
-   object.
+3. **Every label is somewhere** (``claim_labels``, on by default). Each of an image's labels claims at least
+   its best-scoring proposal (multiple-instance constraint: an image label says the class is in the image).
+   With coarse proposals (512 px SAM input) small labelled objects (a tie, a fork) often have no proposal of
+   their own and take one from a larger object; at the native 1024 input they mostly do.
 4. **Refinement**. Seeds become a leave-one-image-out prototype bank: each proposal is re-scored by its
    class-balanced similarity to the seeds of each allowed class (its image's labels) relative to the
    background seeds in other images, added to the contrast score, and re-assigned; ``rounds`` times.
@@ -49,7 +49,7 @@ class SeedConfig:
     """Weight of prototype evidence (similarity to a class's seeds minus to background seeds) in refinement."""
     temperature: float = 0.1
     """Cosine difference worth one unit of score in refinement."""
-    claim_labels: bool = False
+    claim_labels: bool = True
     """Make every image label claim at least one proposal."""
 
 
