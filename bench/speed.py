@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="COCO root whose train2017 images are timed")
     parser.add_argument("--images", type=int, default=Settings.images, help="first N images of train2017 by name")
     parser.add_argument("--input-size", type=int, default=Settings.input_size,
-                        help="SAM encoder input side (1024 default, native; 512 about 3x faster)")
+                        help="SAM encoder input side (1024 default, native; 512 about 4x faster)")
     parser.add_argument("--flow-images", type=int, default=Settings.flow_images,
                         help="images of the sample's train2017 in the cold flow run (one more is added)")
     parser.add_argument("--threads", type=int, nargs="+", default=list(Settings.threads), help="torch thread counts")

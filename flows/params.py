@@ -18,7 +18,7 @@ class ProposeParams(_Params):
     """Segment Anything automatic mask generation."""
 
     model: str = Field("mobile_sam", description="Checkpoint name from `maskbank weights list` (mobile_sam, sam_vit_b, sam_vit_l, sam_vit_h).")
-    input_size: int = Field(1024, description="SAM encoder input side: 1024 native; 512 (vit_t only) is about 3x faster but leaves about half the pixels outside every proposal.")
+    input_size: int = Field(1024, description="SAM encoder input side: 1024 native; 512 (vit_t only) is about 4x faster but leaves about half the pixels outside every proposal (BENCHMARKS.md).")
     points_per_side: int = Field(16, ge=1, description="Point prompts per image side.")
     points_per_batch: int = Field(16, ge=1, description="Prompts decoded at once (16 keeps the decoder in CPU cache; raise it on a GPU).")
     pred_iou_thresh: float = Field(0.88, ge=0, le=1, description="Keep masks whose predicted IoU is at least this.")
