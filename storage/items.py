@@ -321,16 +321,16 @@ class ItemStore:
 
     def _holds_groups(self, path: str) -> bool:
         """Whether ``path`` is a container of groups (items only ever hold arrays)."""
-        base = self.path / path
-        if not base.is_dir():
+        try:
+            with os.scandir(self.path / path) as entries:
+                for e in entries:
+                    try:
+                        if e.is_dir() and _read_json(Path(e.path) / "zarr.json").get("node_type") == "group":
+                            return True
+                    except (FileNotFoundError, NotADirectoryError, ValueError):
+                        continue
+        except (FileNotFoundError, NotADirectoryError):  # nothing there, or swapped out by a concurrent writer
             return False
-        with os.scandir(base) as entries:
-            for e in entries:
-                try:
-                    if e.is_dir() and _read_json(Path(e.path) / "zarr.json").get("node_type") == "group":
-                        return True
-                except (FileNotFoundError, ValueError):
-                    continue
         return False
 
     def _staging_dir(self) -> Path:
