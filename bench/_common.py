@@ -1,5 +1,5 @@
-"""Pure helpers of the benchmarks: scoring labelled proposals without painting, folding confusion matrices
-onto a class subset, plain-text tables, and publishing results with their provenance.
+"""Helpers of the benchmarks: scoring labelled proposals without painting, folding confusion matrices onto a
+class subset and plain-text tables (pure), and publishing results with their provenance (I/O).
 
 Disjoint proposals make painting a lookup: every pixel lies in at most one proposal, so a label map
 painted from per-proposal labels (any score order, any mask NMS, since disjoint masks never overlap) is
@@ -151,6 +151,7 @@ def provenance(script: str, argv: Sequence[str] | None = None) -> dict:
     import torch
 
     repo = Path(__file__).resolve().parents[1]
+
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)

@@ -369,6 +369,8 @@ class Setting:
     val: Split
     gt: BankImages
     """Prototype source of the truth bank (train2017's truth masks on these features)."""
+    banks: dict[str, PrototypeBank]
+    """The banks of the ``retrieval`` (the flow's, from pseudo-labels) and ``gt_bank`` rows."""
     rows: dict[str, dict]
     proposals: dict
     """``per_image``: mean proposals per labelled image; ``coverage``: share of counted pixels in a proposal."""
@@ -398,48 +400,41 @@ def evaluate_setting(store: Path, train: DatasetInput, val: DatasetInput, params
     names = tr.ref.class_names
     labelled = tr.images + va.images
     gt = BankImages(st, fk, tr.images, [im.truth for im in tr.images], names)
-    gt_bank = gt.bank(params.bank)
+    banks = {"retrieval": load_bank(st, runs["retrieval"].bank), "gt_bank": gt.bank(params.bank)}
     rows = {
         "pseudo_labels": score_version(st, runs["pseudo_labels"].pseudo_labels, labelled, names),
         "oracle": score_labels(labelled, [im.proposals.majority() for im in labelled], names),
         "oracle_restricted": score_labels(labelled, [im.proposals.majority([0, *im.labels]) for im in labelled],
                                           names),
         "oracle_val": score_labels(va.images, [im.proposals.majority() for im in va.images], names),
-        "retrieval": {**score_version(st, runs["retrieval"].predictions, va.images, names),
-                      "prototypes": len(load_bank(st, runs["retrieval"].bank))},
-        "gt_bank": {**retrieval_scores(gt_bank, params.retrieve, va.images, names, resolve_device(device)),
-                    "prototypes": len(gt_bank)},
+        "retrieval": score_version(st, runs["retrieval"].predictions, va.images, names),
+        "gt_bank": retrieval_scores(banks["gt_bank"], params.retrieve, va.images, names, resolve_device(device)),
     }
     covered = sum(int(im.proposals.counts.sum()) for im in labelled)
     counted = covered + sum(int(im.proposals.rest.sum()) for im in labelled)
     proposals = {"per_image": float(np.mean([len(im.proposals) for im in labelled])) if labelled else math.nan,
                  "coverage": covered / counted if counted else math.nan}
-    return Setting(params, runs, tr, va, gt, rows, proposals, seconds)
+    return Setting(params, runs, tr, va, gt, banks, rows, proposals, seconds)
 
 
 def variant_rows(store: Path, train: DatasetInput, val: DatasetInput, base: Setting,
                  grid: Sequence[tuple[str, dict]], device: str, log: Callable[[str], None]) -> list[dict]:
     """Each ``(group, change)`` of ``grid``: the flows rerun with ``change`` applied to ``base``'s parameters,
     scored on the images ``base`` scored (``VARIANT_ROWS``, plus proposals per image, coverage and seconds)."""
+    # Images the base setting left out stay out, so every setting is scored on the same images.
+    left_out = {k for s in (base.train, base.val) for k in s.ref.image_keys} - {im.key for im in base.labelled}
     out = []
     for group, change in grid:
         log(f"variant {describe(change)}")
-        # Images the base setting left out stay out, so every setting is scored on the same images.
-        left_out = {k for s in (base.train, base.val) for k in s.ref.image_keys} - {
-            im.key for im in base.labelled}
         v = evaluate_setting(store, train, val, changed(base.params, change), device, left_out)
         if [im.key for im in v.labelled] != [im.key for im in base.labelled]:
             raise RuntimeError(f"variant {describe(change)} scored other images than the flow defaults")
         for row in VARIANT_ROWS:
             out.append({"group": group, "row": row, "setting": describe(change),
-                        "prototypes": v.rows[row].get("prototypes"), **_metrics(v.rows[row]),
+                        "prototypes": len(v.banks[row]) if row in v.banks else None, **v.rows[row],
                         "proposals_per_image": v.proposals["per_image"], "coverage": v.proposals["coverage"],
                         "seconds": v.seconds})
     return out
-
-
-def _metrics(row: dict) -> dict:
-    return {k: row[k] for k in ("images", "miou", "miou_voc21", "pixel_accuracy")}
 
 
 def run(data: Path, store: Path, params: RunParams, device: str = "auto", images: int | None = None,
@@ -451,8 +446,8 @@ def run(data: Path, store: Path, params: RunParams, device: str = "auto", images
         if images is None:
             train, val = (DatasetInput(path=str(data), split=s) for s in SPLITS)
         else:
-            train, val = (DatasetInput(path=str(write_coco_subset(data, s, Path(tmp), first=images)), images=str(data / s))
-                          for s in SPLITS)
+            train, val = (DatasetInput(path=str(write_coco_subset(data, s, Path(tmp), first=images)),
+                                       images=str(data / s)) for s in SPLITS)
         image_area = float(np.median([r.height * r.width for r in open_dataset(train.spec()).records]))
         original = moduseg_params(params, image_area)
         base = evaluate_setting(store, train, val, params, device)
@@ -466,9 +461,8 @@ def run(data: Path, store: Path, params: RunParams, device: str = "auto", images
         st = Store.open(store, create=False)
         names = base.train.ref.class_names
         labelled, va, dev = base.labelled, base.val.images, resolve_device(device)
-        rows = {name: {k: v for k, v in row.items() if k != "prototypes"} for name, row in base.rows.items()}
-        banks = {"retrieval": load_bank(st, base.runs["retrieval"].bank), "gt_bank": base.gt.bank(params.bank),
-                 "retrieval_moduseg": load_bank(st, moduseg.bank),
+        rows = dict(base.rows)
+        banks = {**base.banks, "retrieval_moduseg": load_bank(st, moduseg.bank),
                  "gt_bank_moduseg": base.gt.bank(original.bank, PurifyParams.moduseg())}
         rows["retrieval_moduseg"] = score_version(st, moduseg.predictions, va, names)
         rows["gt_bank_moduseg"] = retrieval_scores(banks["gt_bank_moduseg"], original.retrieve, va, names, dev)

@@ -322,15 +322,16 @@ class ItemStore:
     def _holds_groups(self, path: str) -> bool:
         """Whether ``path`` is a container of groups (items only ever hold arrays)."""
         try:
-            with os.scandir(self.path / path) as entries:
-                for e in entries:
-                    try:
-                        if e.is_dir() and _read_json(Path(e.path) / "zarr.json").get("node_type") == "group":
-                            return True
-                    except (FileNotFoundError, NotADirectoryError, ValueError):
-                        continue
+            with os.scandir(self.path / path) as it:
+                entries = list(it)
         except (FileNotFoundError, NotADirectoryError):  # nothing there, or swapped out by a concurrent writer
             return False
+        for e in entries:
+            try:
+                if e.is_dir() and _read_json(Path(e.path) / "zarr.json").get("node_type") == "group":
+                    return True
+            except (FileNotFoundError, NotADirectoryError, ValueError):
+                continue
         return False
 
     def _staging_dir(self) -> Path:
