@@ -1,7 +1,7 @@
 """Quality of pseudo-labels and retrieval against references built on the same proposals and features.
 
-    python bench/quality.py --data ../shared/data/coco-tiny --store runs/quality.zarr --out runs/quality.json
-    python bench/quality.py --data maskbank/sample/coco --store /tmp/q.zarr --out /tmp/q.json --smoke
+    python bench/quality.py --data ../shared/data/coco-tiny --store runs/quality-store --out runs/quality.json
+    python bench/quality.py --data maskbank/sample/coco --store /tmp/q-store --out /tmp/q.json --smoke
 
 The main flow runs three times on one store; proposals and features are computed once and shared by
 content key, so the second and third runs only seed, build a bank and retrieve:
@@ -80,8 +80,7 @@ from maskbank.flows.stages.bank import load_bank, purify_params  # noqa: E402
 from maskbank.flows.stages.embed import features_key  # noqa: E402
 from maskbank.flows.stages.evaluate import covers_voc, fit_to_truth  # noqa: E402
 from maskbank.flows.stages.ingest import DatasetInput, ingest  # noqa: E402
-from maskbank.flows.stages.labelmaps import read_label_map  # noqa: E402
-from maskbank.flows.stages.pool import POOLED, pooled_key  # noqa: E402
+from maskbank.flows.stages.pool import pooled_key  # noqa: E402
 from maskbank.flows.stages.propose import proposals_key  # noqa: E402
 from maskbank.storage.datasets import DatasetError, open_dataset  # noqa: E402
 from maskbank.storage.datasets.coco import write_coco_subset  # noqa: E402
@@ -174,7 +173,7 @@ class Split:
 def load_split(store: Store, dataset: DatasetInput, proposals: str, pooled: str, skip: set[str]) -> Split:
     """A split's reference (as the flow ingests it) and its images, less those the flow skipped and those
     the flow's evaluation leaves out. Proposals at a reduced working size are scaled to the truth."""
-    ref = ingest.fn(dataset, str(store.path))
+    ref = ingest.fn(dataset, store.url)
     ds = open_dataset(dataset.spec())
     k = len(ref.class_names)
     images, skipped = [], []
@@ -195,7 +194,7 @@ def load_split(store: Store, dataset: DatasetInput, proposals: str, pooled: str,
             skipped.append((image_id, why))
             continue
         counts = ProposalTruth.measure(owner, len(props), truth, k, ds.ignore_index)
-        a = store.read_image_item(POOLED, pooled, key).arrays
+        a = store.read_pooled(pooled, key)
         images.append(Image(image_id, key, list(ref.labels[i]), truth, counts, a["features"], a["saliency"]))
     return Split(ref, images, skipped)
 
@@ -216,7 +215,7 @@ def score_version(store: Store, version: str, images: Sequence[Image], class_nam
     """Scores of a version's stored label maps (as the flow's evaluation reads them)."""
     cm = ConfusionMatrix(len(class_names))
     for im in images:
-        cm.update(resize_nearest(read_label_map(store, version, im.key), im.truth.shape), im.truth)
+        cm.update(resize_nearest(store.read_label_map(version, im.key), im.truth.shape), im.truth)
     return summarise(cm.matrix, class_names, len(images))
 
 
@@ -467,7 +466,7 @@ def run(data: Path, store: Path, params: RunParams, device: str = "auto", images
         rows["retrieval_moduseg"] = score_version(st, moduseg.predictions, va, names)
         rows["gt_bank_moduseg"] = retrieval_scores(banks["gt_bank_moduseg"], original.retrieve, va, names, dev)
 
-        pseudo_maps = [read_label_map(st, base.runs["retrieval"].pseudo_labels, im.key) for im in base.train.images]
+        pseudo_maps = [st.read_label_map(base.runs["retrieval"].pseudo_labels, im.key) for im in base.train.images]
         pseudo = BankImages(st, features_key(params.embed), base.train.images, pseudo_maps, names)
         ablation_rows = ablations(base.gt, pseudo, va, labelled, params, names, dev)
 
@@ -544,7 +543,7 @@ def report(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="COCO root with train2017 and val2017")
-    parser.add_argument("--store", type=Path, default=Path("runs/quality.zarr"), help="maskbank store (created)")
+    parser.add_argument("--store", type=Path, default=Path("runs/quality-store"), help="maskbank store (created)")
     parser.add_argument("--out", type=Path, default=Path("runs/quality.json"), help="results JSON")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--smoke", action="store_true",

@@ -260,7 +260,7 @@ def measure_flow(count: int, params: RunParams, device: str) -> dict:
     warm_up()
     runs = {"prefect_start_seconds": time.perf_counter() - t0, "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory(prefix="maskbank-speed-") as tmp:
-        store = str(Path(tmp) / "speed.zarr")
+        store = str(Path(tmp) / "speed-store")
         for name, images in (("cold", count), ("cached_rerun", count), ("add_one_image", count + 1)):
             dataset = DatasetInput(path=str(write_coco_subset(SAMPLE, "train2017", Path(tmp), first=images)),
                                    images=str(SAMPLE / "train2017"))

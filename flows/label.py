@@ -15,6 +15,7 @@ import time
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
+from maskbank.flows.credentials import load_credentials
 from maskbank.flows.params import RunParams
 from maskbank.flows.progress import StageProgress
 from maskbank.flows.refs import DatasetRef, ShardRef, VersionRef
@@ -78,19 +79,23 @@ def label_images(
     params: RunParams = RunParams(),
     device: str = "auto",
     verify: bool = False,
+    credentials: str | None = None,
 ) -> RunSummary:
     """Pseudo-label ``datasets`` (images with image-level labels) and, by retrieval, label ``targets``.
 
     Args:
         datasets: the labelled collection (datasets with the same classes are pooled).
-        store: path of the maskbank Zarr store (created if missing).
+        store: the maskbank store: a local path or an s3:// gs:// az:// URL (created if missing).
         targets: images to label by retrieval against the bank of ``datasets`` (their labels, if any, unused).
         params: every stage's parameters.
         device: 'auto' (CUDA when present), 'cpu' or 'cuda'.
         verify: check every stored output the run uses against its content hash (not only its completion
             mark) and recompute the damaged ones.
+        credentials: name of a Prefect Secret block holding the environment variables that reach an
+            object-storage store (AWS_ACCESS_KEY_ID, ...); without it they come from the environment.
     """
     log = get_run_logger()
+    load_credentials(credentials)
     clock = _StageClock()
     labelled = combine([ingest(d, store, verify) for d in datasets])
     target = combine([ingest(d, store, verify) for d in targets]) if targets else None

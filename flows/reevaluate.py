@@ -8,29 +8,34 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from maskbank.flows.credentials import load_credentials
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.report import publish_evaluation_report
 from maskbank.flows.stages.common import checked, version_complete
 from maskbank.flows.stages.evaluate import evaluate
 from maskbank.flows.stages.ingest import DatasetInput, combine, ingest
+from maskbank.storage.layout import LABEL_MAP_KINDS
 from maskbank.storage.store import Store
 from maskbank.storage.versions import VersionInfo, get_version, read_version
 
-LABEL_KINDS = ("pseudo_labels", "predictions")
+LABEL_KINDS = tuple(sorted(LABEL_MAP_KINDS))
 
 
 @flow(name="maskbank-reevaluate", log_prints=True)
-def reevaluate(store: str, version: str, datasets: list[DatasetInput]) -> dict:
+def reevaluate(store: str, version: str, datasets: list[DatasetInput], credentials: str | None = None) -> dict:
     """Evaluate the stored label version ``version`` on the images of ``datasets`` that have pixel truth.
 
     Args:
-        store: path of the maskbank Zarr store that holds the version.
+        store: path or URL of the maskbank store that holds the version.
         version: id of a pseudo_labels or predictions version (`maskbank versions <store>` lists them).
         datasets: datasets with pixel truth, among the images the version labelled (same class list).
+        credentials: name of a Prefect Secret block holding the environment variables that reach an
+            object-storage store (see ``maskbank.flows.credentials``).
 
     Returns:
         The evaluation's metrics: images scored, mIoU and per-class IoU.
     """
+    load_credentials(credentials)
     st = Store.open(store, create=False)
     info = get_version(st, version)
     if info.kind not in LABEL_KINDS:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -77,6 +76,16 @@ def scores_section(evaluations: Mapping[str, dict | None]) -> str:
     return "\n".join(lines)
 
 
+def store_location(store: str) -> str:
+    """A store's location as reports name it: the canonical form (an absolute path for a local store)."""
+    from maskbank.storage.location import LocationError, parse_location
+
+    try:
+        return str(parse_location(store))
+    except LocationError:
+        return store
+
+
 def datasets_table(labelled: Sequence[DatasetInput], targets: Sequence[DatasetInput] = ()) -> str:
     rows = [[role, f"`{d.path}`", d.split or "-", d.format] for role, ds in (("labelled", labelled), ("target", targets))
             for d in ds]
@@ -91,7 +100,7 @@ def run_report(
     device: str,
 ) -> str:
     """The markdown report of one run of the main flow."""
-    store = Path(summary.store).resolve()
+    store = store_location(summary.store)
     images = summary.images
     versions = [("pseudo-labels", summary.pseudo_labels), ("prototype bank", summary.bank),
                 ("predictions (retrieval)", summary.predictions)]
@@ -119,7 +128,7 @@ def run_report(
         "",
         markdown_table(["output", "version"], [[name, f"`{vid}`"] for name, vid in versions if vid]),
         "",
-        "Label maps: `labels/<version>/<image key>` in the store.",
+        "Label maps: `labels/<version>` in the store (`[image, y, x]`, one row per image key).",
         "",
         "## Stages",
         "",
@@ -153,7 +162,7 @@ def evaluation_report(store: str, version: str, kind: str, datasets: Sequence[Da
     parts = [
         "# maskbank evaluation",
         "",
-        f"Version `{version}` ({kind}) of store `{Path(store).resolve()}`.",
+        f"Version `{version}` ({kind}) of store `{store_location(store)}`.",
         "",
         "## Datasets",
         "",

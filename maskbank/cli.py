@@ -13,6 +13,7 @@ import typer
 from maskbank.commands import inspect as inspect_commands
 from maskbank.commands import server as server_commands
 from maskbank.commands import versions as versions_commands
+from maskbank.commands.stores import STORE_HELP, checked_location, fail
 from maskbank.commands.weights import weights_app
 
 # A local run's temporary Prefect server has no business phoning home (and offline it logs an error trying).
@@ -53,10 +54,10 @@ def _dataset(path: str, split: Optional[str]) -> "DatasetInput":
 
 def _print_summary(summary) -> None:
     typer.echo(f"store:          {summary.store}")
-    typer.echo(f"pseudo-labels:  version {summary.pseudo_labels}  (labels/{summary.pseudo_labels}/<image>)")
+    typer.echo(f"pseudo-labels:  version {summary.pseudo_labels}  (label maps: labels/{summary.pseudo_labels})")
     typer.echo(f"prototype bank: version {summary.bank}")
     if summary.predictions:
-        typer.echo(f"retrieval:      version {summary.predictions}  (labels/{summary.predictions}/<image>)")
+        typer.echo(f"retrieval:      version {summary.predictions}  (label maps: labels/{summary.predictions})")
     for name, m in (("pseudo-labels", summary.pseudo_label_metrics), ("retrieval", summary.prediction_metrics)):
         if m:
             line = f"{name} mIoU: {m['classes']['miou']:.4f} ({m['classes']['classes_present']} classes present)"
@@ -70,7 +71,7 @@ def _print_summary(summary) -> None:
 
 @app.command()
 def run(
-    store: Path = typer.Option(..., help="Zarr store path (created if missing)."),
+    store: str = typer.Option(..., help=f"{STORE_HELP} (created if missing)."),
     bank: list[str] = typer.Option(..., help="Labelled dataset (repeatable): COCO root or instances json, VOC root, folder or labels file."),
     bank_split: Optional[str] = typer.Option(None, help="Split of the labelled datasets (COCO train2017, VOC train)."),
     target: list[str] = typer.Option([], help="Images to label by retrieval (repeatable)."),
@@ -85,44 +86,49 @@ def run(
     verify: bool = typer.Option(False, help="Check every stored output used against its content hash; recompute damaged ones."),
 ) -> None:
     """Pseudo-label the labelled datasets and label the targets by retrieval (runs the flow locally)."""
-    from maskbank.flows.label import label_images
-    from maskbank.storage.datasets import DatasetError
-    from maskbank.flows.stages.common import DamagedStoreError
-    from maskbank.storage.store import NotAStoreError
-
     params = _params(params_file, {"propose.points_per_side": points_per_side, "propose.input_size": input_size,
                                    "retrieve.rule": rule, "retrieve.k": k, "shard_size": shard_size})
-    try:
-        summary = label_images(
-            datasets=[_dataset(p, bank_split) for p in bank], store=str(store),
-            targets=[_dataset(p, target_split) for p in target] or None, params=params, device=device,
-            verify=verify,
-        )
-    except (DatasetError, NotAStoreError, DamagedStoreError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    summary = _label(datasets=[_dataset(p, bank_split) for p in bank], store=checked_location(store),
+                     targets=[_dataset(p, target_split) for p in target] or None, params=params, device=device,
+                     verify=verify)
     _print_summary(summary)
+
+
+def _label(**kwargs):
+    """Run the main flow; what is wrong with the datasets or the store is a one-line error, exit code 2."""
+    from maskbank.flows.label import label_images
+    from maskbank.flows.stages.common import DamagedStoreError
+    from maskbank.storage.datasets import DatasetError
+    from maskbank.storage.location import LocationError
+    from maskbank.storage.store import NotAStoreError
+
+    from icechunk import IcechunkError
+
+    try:
+        return label_images(**kwargs)
+    except (DatasetError, NotAStoreError, LocationError, DamagedStoreError) as e:
+        fail(str(e))
+    except IcechunkError as e:  # the store's storage refused (unreachable, no permission, no bucket)
+        fail(f"store {kwargs['store']}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
 
 
 @app.command()
 def demo(
-    store: Path = typer.Option(Path("maskbank-demo.zarr"), help="Zarr store path."),
+    store: str = typer.Option("maskbank-demo-store", help=f"{STORE_HELP} (created if missing)."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
 ) -> None:
     """Run the whole flow on the bundled sample with the default models and print the mIoU."""
-    from maskbank.flows.label import label_images
     from maskbank.flows.params import RunParams
 
     root = sample_root()
-    summary = label_images(
-        datasets=[_dataset(str(root), "train2017")], store=str(store),
-        targets=[_dataset(str(root), "val2017")], params=RunParams(), device=device,
-    )
+    location = checked_location(store)
+    summary = _label(datasets=[_dataset(str(root), "train2017")], store=location,
+                     targets=[_dataset(str(root), "val2017")], params=RunParams(), device=device)
     _print_summary(summary)
-    typer.echo(f"\nInspect: python -c \"import xarray; print(xarray.open_zarr('{store}', "
-               f"group='labels/{summary.pseudo_labels}/<image key>'))\"")
-    typer.echo(f"        maskbank inspect {store}    maskbank versions {store}    "
+    typer.echo(f"\nInspect: maskbank inspect {store}    maskbank versions {store}    "
                f"maskbank show {store} <image id> --layer seeds")
+    typer.echo(f"         python -c \"from maskbank.storage.store import open_stage; "
+               f"print(open_stage('{location}', 'labels', '{summary.pseudo_labels}'))\"")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Where data lives: dataset readers, the Zarr store layout, versions and the weights cache.
+"""Where data lives: dataset readers, the store (an icechunk repository of Zarr arrays, on a local path or in
+object storage), its layout and versions, and the weights cache.
 
 Nothing in this package builds or runs a model.
 """

@@ -1,7 +1,7 @@
 """Arrays as one stored item: normalisation, content hash, and a Zarr group written or read whole.
 
-Numeric and bool arrays are stored little-endian, strings as variable-length UTF-8; every array is one
-chunk and carries ``dimension_names`` so that ``xarray.open_zarr`` reads the group.
+Numeric and bool arrays are stored little-endian, strings as variable-length UTF-8; every array carries
+``dimension_names`` so that ``xarray.open_zarr`` reads the group.
 """
 
 from __future__ import annotations
@@ -9,11 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from pathlib import Path, PurePath
+from pathlib import PurePath
 
 import numpy as np
 import zarr
-from zarr.storage import LocalStore
 
 _STRING = np.dtypes.StringDType()
 
@@ -95,24 +94,45 @@ def canonical_json(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True).encode() + b"\n"
 
 
+def error_reason(e: BaseException) -> str:
+    """The first line of an exception's message: what went wrong, without a storage engine's trace."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__).strip().removeprefix("x ").strip()
+
+
+def fill_value(dtype: np.dtype) -> object:
+    """The fill value of a stored array of ``dtype``: "" for strings, False for bool, else 0."""
+    if dtype.kind in "UT":
+        return ""
+    if dtype.kind == "b":
+        return False
+    return 0
+
+
 def write_group(
-    directory: Path, arrays: Mapping[str, np.ndarray], dims: Mapping[str, tuple[str, ...]], attrs: Mapping
-) -> None:
-    """Write a new Zarr v3 group at ``directory`` holding ``arrays``; ``attrs`` are set last."""
-    group = zarr.open_group(LocalStore(directory), mode="w-", zarr_format=3)
+    root: zarr.Group, path: str, arrays: Mapping[str, np.ndarray], dims: Mapping[str, tuple[str, ...]], attrs: Mapping
+) -> zarr.Group:
+    """Write a group at ``path`` under ``root`` holding ``arrays`` (each one chunk), replacing what was there."""
+    if path in root:
+        del root[path]
+    group = root.require_group(path)
     for name, a in arrays.items():
         group.create_array(
             name,
-            data=a,
+            shape=a.shape,
+            dtype=a.dtype,
             chunks=tuple(max(1, n) for n in a.shape),
+            fill_value=fill_value(a.dtype),
             dimension_names=dims[name],
         )
-    group.update_attributes(dict(attrs))
+        if a.size:
+            group[name][...] = a
+    group.attrs.update(dict(attrs))
+    return group
 
 
-def read_group(store: LocalStore, path: str) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]], dict]:
-    """``(arrays, dims, attrs)`` of the group at ``path`` (arrays only, no subgroups)."""
-    group = zarr.open_group(store, path=path, mode="r")
+def read_group(group: zarr.Group) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, ...]], dict]:
+    """``(arrays, dims, attrs)`` of ``group`` (arrays only, no subgroups)."""
     arrays, dims = {}, {}
     for name, z in group.arrays():
         arrays[name] = np.asarray(z[...])

@@ -41,3 +41,21 @@ def one_thread():
 @pytest.fixture(scope="session")
 def sample_root() -> Path:
     return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) on 127.0.0.1 for the whole session (~10 s to start)."""
+    from s3server import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This process set up to reach the test S3 server; yields a fresh ``s3://bucket/prefix`` location."""
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    yield f"s3://{s3_server.bucket()}/store"

@@ -94,7 +94,7 @@ def test_deleted_zarr_output_is_recomputed(first_run, data):
     st = Store.open(store, create=False)
     key = features_key(_light_params().embed)
     victim = st.list_items(FEATURES, key)[0]
-    assert st.delete_item(FEATURES, key, victim)
+    assert st.drop_images(FEATURES, key, [victim]) == [victim]
     summary, states = _run(train, val, store, _light_params())
     assert summary.computed["embed"] == 1 and summary.computed["propose"] == 0
     assert st.has_item(FEATURES, key, victim)
@@ -125,3 +125,23 @@ def test_versions_accumulate_and_are_listed(first_run):
     assert out.exit_code == 0, out.output
     assert all(v.id in out.output for v in infos)
     assert "mIoU" in out.output
+
+
+def test_inspect_at_a_version_shows_the_run_that_published_it(first_run):
+    import re
+
+    from typer.testing import CliRunner
+
+    from maskbank.cli import app
+
+    store, first, _ = first_run
+    now = CliRunner().invoke(app, ["inspect", str(store)])
+    then = CliRunner().invoke(app, ["inspect", str(store), "--version", first.predictions])
+    assert now.exit_code == 0 and then.exit_code == 0, now.output + then.output
+    assert f"as of version {first.predictions}" in then.output.splitlines()[0]
+
+    def listed(text: str) -> set[str]:
+        return set(re.findall(r"^  ([0-9a-f]{16})  \w+  tag ", text, re.M))
+
+    assert {first.pseudo_labels, first.bank, first.predictions} <= listed(then.output)
+    assert listed(then.output) < listed(now.output)  # later runs published more; that commit does not show it

@@ -1,9 +1,13 @@
-"""``maskbank inspect``, ``show`` and ``compare`` on a small store holding every kind of item, written with
-the store and versions APIs over two sample images (known masks, label maps and metrics)."""
+"""``maskbank inspect``, ``show``, ``compare`` and ``versions`` on a small store holding every kind of
+output, written with the store and versions APIs over two sample images (known masks, label maps and
+metrics): the tree of the store, pictures of one image's layers, time travel to a version's commit,
+garbage collection, and one-line errors for what is not a store."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +20,15 @@ from typer.testing import CliRunner
 
 from maskbank.commands.inspect import register
 from maskbank.commands.tree import human_bytes
-from maskbank.flows.stages.ingest import image_key
-from maskbank.flows.stages.labelmaps import write_label_map
-from maskbank.storage.datasets import Dataset, DatasetSpec, load_rgb, open_dataset, working_size
+from maskbank.commands.versions import register as register_versions
+from maskbank.storage.datasets import Dataset, DatasetSpec, image_size, load_rgb, open_dataset, working_size
+from maskbank.storage.datasets.coco import write_coco_subset
 from maskbank.storage.datasets.hashing import sha256_file
+from maskbank.storage.layout import FEATURES, LABELS, image_key
 from maskbank.storage.store import Store
-from maskbank.storage.versions import publish_version
+from maskbank.storage.versions import list_versions, publish_version, version_id
 from maskbank.tasks import render, rle
 from maskbank.tasks.geometry import PatchGeometry
-from maskbank.storage.datasets.coco import write_coco_subset
 
 IMAGES = ["000000184324", "000000208901"]
 PK, FK, PLK = "p" * 24, "f" * 24, "q" * 24
@@ -43,25 +47,44 @@ class Built:
     pred_a: str
     pred_b: str
     bank: str
+    fingerprint: str
 
 
-def _labels_version(st: Store, kind: str, maps: dict[str, np.ndarray], params: dict, parents=(), fps=()) -> str:
+LABELS_DIMS = {"image_key": ("image",), "proposal_image": ("proposal",), "proposal_label": ("proposal",),
+               "proposal_score": ("proposal",)}
+
+
+def _labels_version(st: Store, kind: str, maps: dict[str, np.ndarray], ids: dict[str, str], params: dict,
+                    parents=(), fps=()) -> str:
+    """Publish a label version as the flows do: its label maps first, then the version (whose commit, and
+    tag, therefore holds them)."""
+    vid = version_id(kind, params, parents, fps, code_version="test")
+    st.write_label_maps(vid, [(k, lab, ids[k]) for k, lab in maps.items()])
     keys = sorted(maps)
     info = publish_version(st, kind, params, parents, fps, code_version="test", arrays={
         "image_key": np.array(keys), "proposal_image": np.arange(len(keys), dtype=np.int32),
         "proposal_label": np.ones(len(keys), np.int32), "proposal_score": np.ones(len(keys), np.float32),
-    }, dims={"image_key": ("image",), "proposal_image": ("proposal",), "proposal_label": ("proposal",),
-             "proposal_score": ("proposal",)})
-    return info.id
+    }, dims=LABELS_DIMS)
+    assert info.id == vid
+    return vid
 
 
-def _evaluation(st: Store, parent: str, fp: str, person: float, car: float | None) -> None:
+def _evaluation(st: Store, parent: str, fp: str, person: float, car: float | None) -> str:
     iou = {"background": 0.9, "person": person, "car": car, "bus": None}
     miou = float(np.mean([v for v in iou.values() if v is not None]))
     metrics = {"images": 2, "classes": {"miou": miou, "iou": iou, "classes_present": 3}}
-    publish_version(st, "evaluation", {}, [parent], [fp], code_version="test",
-                    arrays={"confusion": np.eye(4, dtype=np.int64)}, dims={"confusion": ("truth", "prediction")},
-                    metrics=metrics)
+    return publish_version(st, "evaluation", {}, [parent], [fp], code_version="test",
+                           arrays={"confusion": np.eye(4, dtype=np.int64)}, dims={"confusion": ("truth", "prediction")},
+                           metrics=metrics).id
+
+
+def _image_keys(ds: Dataset) -> list[str]:
+    """The content keys ingest gives the dataset's images."""
+    keys = []
+    for rec in ds.records:
+        hw = (rec.height, rec.width) if rec.height is not None else image_size(rec.path, exif_transpose=ds.exif_transpose)
+        keys.append(image_key(sha256_file(rec.path), ds.exif_transpose, hw))
+    return keys
 
 
 @pytest.fixture(scope="module")
@@ -69,31 +92,27 @@ def built(tmp_path_factory, sample_root) -> Built:
     tmp = tmp_path_factory.mktemp("inspect")
     ann = write_coco_subset(sample_root, "val2017", tmp / "coco", IMAGES, copy_images=True)
     ds = open_dataset(DatasetSpec(path=ann))
-    st = Store.open(tmp / "store.zarr")
-    fp = st.write_manifest(ds, tmp / "hashes.json")
-    keys, masks, seeds, pred_a, pred_b = {}, {}, {}, {}, {}
+    st = Store.open(str(tmp / "store.mb"))
+    keys = dict(zip(ds.image_ids, _image_keys(ds)))
+    fp = st.write_manifest(ds, [keys[i] for i in ds.image_ids], tmp / "hashes.json")
+    masks, seeds, pred_a, pred_b = {}, {}, {}, {}
+    proposals, features, pooled = [], [], []
     rng = np.random.default_rng(0)
     for rec in ds.records:
-        key = image_key(sha256_file(rec.path), ds.exif_transpose, (rec.height, rec.width))
-        keys[rec.image_id] = key
+        key = keys[rec.image_id]
         h, w = rec.height, rec.width
         m = np.zeros((2, h, w), bool)
         m[0, 10:60, 20:120] = True
         m[1, 100:200, 50:90] = True
         masks[rec.image_id] = m
-        st.write_proposals(PK, key, rle.encode(m), image_hw=(h, w), attrs={"path": str(rec.path)})
+        proposals.append(st.proposals_output(key, rle.encode(m), image_hw=(h, w)))
         geometry = PatchGeometry.for_image((h, w), long_side=112, patch_size=14)
         feats = rng.normal(size=(*geometry.grid_hw, CHANNELS)).astype(np.float32)
         feats[:, : geometry.grid_hw[1] // 2] += 3.0
-        st.write_features(FK, key, feats, geometry, attrs={"path": str(rec.path)})
         sal = np.linspace(0, 1, geometry.resized_hw[0] * geometry.resized_hw[1], dtype=np.float32)
-        st.write_image_item("saliency", FK, key, {"saliency": sal.reshape(geometry.resized_hw).astype(np.float16)},
-                            dims={"saliency": ("y", "x")})
-        st.write_image_item("pooled", PLK, key, {"features": rng.normal(size=(2, CHANNELS)).astype(np.float32),
-                                                 "saliency": np.array([0.2, 0.8], np.float32),
-                                                 "area": m.reshape(2, -1).mean(1).astype(np.float32)},
-                            {"image_hw": [h, w]}, {"features": ("mask", "channel"), "saliency": ("mask",),
-                                                   "area": ("mask",)})
+        features.append(st.features_output(key, feats, geometry, sal.reshape(geometry.resized_hw)))
+        pooled.append(st.pooled_output(key, rng.normal(size=(2, CHANNELS)), np.array([0.2, 0.8]),
+                                       m.reshape(2, -1).mean(1), (h, w)))
         a = np.zeros((h, w), np.uint8)
         a[m[0]] = PERSON
         seeds[key] = a
@@ -102,30 +121,37 @@ def built(tmp_path_factory, sample_root) -> Built:
         if rec.image_id == IMAGES[0]:
             b[m[1]] = CAR  # the only difference between the two prediction versions
         pred_b[key] = b
+    st.write_proposals(PK, proposals)
+    st.write_features(FK, features)
+    st.write_pooled(PLK, pooled)
     ids = {k: i for i, k in keys.items()}
     vids = {}
     for name, kind, maps, extra in (("seeds", "pseudo_labels", seeds, {}), ("a", "predictions", pred_a, {"k": 25}),
                                     ("b", "predictions", pred_b, {"k": 3})):
-        vids[name] = _labels_version(st, kind, maps, {"proposals": PK, "pooled": PLK, **extra}, fps=[fp])
-        for key, lab in maps.items():
-            write_label_map(st, vids[name], key, lab, ids[key])
+        vids[name] = _labels_version(st, kind, maps, ids, {"proposals": PK, "pooled": PLK, **extra}, fps=[fp])
     bank = publish_version(st, "bank", {"features": FK}, [vids["seeds"]], [fp], code_version="test", arrays={
         "vectors": rng.normal(size=(3, CHANNELS)).astype(np.float32), "labels": np.array([0, 1, 1], np.int32),
-        "image": np.array([0, 0, 1], np.int32), "image_key": np.array(sorted(keys.values())),
+        "prototype_image": np.array([0, 0, 1], np.int32), "image_key": np.array(sorted(keys.values())),
         "class_name": np.array(ds.class_names)}, dims={"vectors": ("prototype", "channel"), "labels": ("prototype",),
-                                                       "image": ("prototype",), "image_key": ("image",),
+                                                       "prototype_image": ("prototype",), "image_key": ("image",),
                                                        "class_name": ("class",)},
         metrics={"prototypes": 3, "per_class": [1, 2]})
     _evaluation(st, vids["seeds"], fp, 0.5, None)
     _evaluation(st, vids["a"], fp, 0.5, 0.0)
     _evaluation(st, vids["b"], fp, 0.75, 0.25)
-    return Built(st.path, ds, keys, masks, vids["seeds"], vids["a"], vids["b"], bank.id)
+    return Built(Path(st.url), ds, keys, masks, vids["seeds"], vids["a"], vids["b"], bank.id, fp)
 
 
 def _cli(*args: str):
     app = typer.Typer()
     register(app)
+    register_versions(app)
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _copy(built: Built, tmp_path: Path) -> Path:
+    """A copy of the built store to write into (a local repository is a folder of files)."""
+    return Path(shutil.copytree(built.path, tmp_path / "copy.mb"))
 
 
 def _panel(png: Path, index: int, widths: list[int], hw: tuple[int, int]) -> np.ndarray:
@@ -143,40 +169,74 @@ def _photo(built: Built, image_id: str) -> np.ndarray:
 # ----- inspect ------------------------------------------------------------------------------------
 
 
-def test_inspect_prints_datasets_stage_summaries_and_versions(built):
+def test_inspect_prints_datasets_stage_keys_label_maps_and_versions(built):
     out = _cli("inspect", built.path)
     assert out.exit_code == 0, out.output
     text = out.output
-    assert "dataset 'val2017': 2 images (2 labelled, 2 with truth), 81 classes" in text
-    assert re.search(rf"{FK}/  2 items, .* on disk, .* in memory  \(used by bank {built.bank}\)", text)
-    assert re.search(r"features\s+\[y=\d+, x=\d+, channel=8\]\s+float16\s+in 2 items", text)
-    assert re.search(r"bbox\s+\[mask=2, xywh=4\]\s+int32\s+in 2 items", text)
-    assert re.search(r"rle\s+\[mask=2\]\s+string\s+in 2 items, .* on disk, - in memory", text)
-    assert f"{built.pred_b}/  2 items" in text and "(predictions version, created" in text
+    assert re.match(rf"{re.escape(str(built.path))}  maskbank store \(.* on disk\), branch main at snapshot \w+ ", text)
+    assert f"{built.fingerprint}  dataset 'val2017': 2 images (2 labelled, 2 with truth), 81 classes" in text
+    assert re.search(r"image_key\s+\[image=2\]\s+string", text)
+    assert re.search(rf"{PK}/  2 images, 4 proposals, .* stored, .* in memory  \(used by pseudo_labels {built.seeds}", text)
+    assert re.search(r"bbox\s+\[proposal=4, xywh=4\]\s+int32", text)
+    assert re.search(r"rle\s+\[proposal=4\]\s+string\s+chunks \[\d+\]  .* stored, - in memory", text)
+    assert re.search(rf"{FK}/  2 images, .* stored, .* in memory  \(used by bank {built.bank}\)", text)
+    assert re.search(r"features\s+\[image=2, y=\d+, x=\d+, channel=8\]\s+float16 .* padded; per image y=\d+, x=\d+, "
+                     r"channel=8", text)
+    assert re.search(r"saliency\s+\[image=2, saliency_y=\d+, saliency_x=\d+\]\s+float32", text)
+    assert re.search(rf"{PLK}/  2 images, 4 proposals", text)
     hw = [(r.height, r.width) for r in built.dataset.records]
-    labels_memory = human_bytes(sum(h * w for h, w in hw))
-    assert re.search(rf"labels\s+\[y=\d+\.\.\d+, x=640\]\s+uint8\s+in 2 items, .* on disk, {labels_memory} in memory", text)
-    assert re.search(rf"{built.pred_b}  predictions  created \S+  parents -  evaluated: mIoU 0\.6333 over 2 images", text)
-    assert re.search(rf"{built.bank}  bank  created \S+  parents {built.seeds}  3 prototypes", text)
-    assert re.search(r"vectors\s+\[prototype=3, channel=8\]\s+float32\s+chunks \[3, 8\]  .* on disk, 96 B in memory", text)
-    assert re.search(r"evaluation  created \S+  parents \w+  mIoU 0\.7000 over 2 images", text)
-    assert all(key not in text for key in built.keys.values())  # items are summarised
+    (h0, h1), w = sorted(h for h, _ in hw), max(w for _, w in hw)
+    memory = human_bytes(2 * h1 * w)
+    assert f"{built.pred_b}/  2 images, " in text and "(predictions version, created" in text
+    assert re.search(rf"labels\s+\[image=2, y={h1}, x={w}\]\s+uint8 .* {memory} in memory  padded; per image "
+                     rf"y={h0}..{h1}, x={w}", text)
+    assert re.search(rf"{built.pred_b}  predictions  tag predictions\.{built.pred_b}  created \S+  parents -  "
+                     r"evaluated: mIoU 0\.6333 over 2 images", text)
+    assert re.search(rf"{built.bank}  bank  tag bank\.{built.bank}  created \S+  parents {built.seeds}  3 prototypes", text)
+    assert re.search(r"vectors\s+\[prototype=3, channel=8\]\s+float32\s+chunks \[3, 8\]  .* stored, 96 B in memory", text)
+    assert re.search(r"evaluation  tag evaluation\.\w+  created \S+  parents \w+  mIoU 0\.7000 over 2 images", text)
+    assert all(key not in text for key in built.keys.values())  # images are summarised
+    assert "content_sha256" not in text and "offset" not in text  # and the bookkeeping arrays left out
 
 
-def test_inspect_all_lists_every_item(built):
+def test_inspect_all_lists_every_image_and_the_bookkeeping_arrays(built):
     out = _cli("inspect", built.path, "--all")
     assert out.exit_code == 0, out.output
     for image_id, key in built.keys.items():
-        assert f"{key}  image {image_id}" in out.output  # a label map item names its dataset image
-        assert re.search(rf"{key}  \S+{image_id}\.jpg", out.output)  # other items name their file
-    assert len(re.findall(r"^\s+labels\s+\[y=\d+, x=\d+\]", out.output, re.M)) == 3 * 2
+        lines = re.findall(rf"^ +{key}  image {image_id}\b.*$", out.output, re.M)
+        assert len(lines) == 3 + 3  # proposals, features, pooled; three label versions
+        assert sum("2 proposals" in line for line in lines) == 2
+        assert sum(re.search(r"features \d+x\d+x8", line) is not None for line in lines) == 1
+    assert len(re.findall(r"^ +content_sha256\s+\[image=2\]", out.output, re.M)) == 3 + 3
+    assert re.search(r"^ +offset\s+\[image=2\]\s+int64", out.output, re.M)
 
 
-def test_inspect_refuses_what_is_not_a_store(tmp_path):
-    (tmp_path / "x").mkdir()
-    (tmp_path / "x" / "file").write_text("hi")
-    out = _cli("inspect", tmp_path / "x")
-    assert out.exit_code == 2 and "not a maskbank store" in out.output
+def test_inspect_at_a_version_shows_the_store_as_that_version_published_it(built, tmp_path):
+    copy = _copy(built, tmp_path)
+    st = Store.open(str(copy), create=False)
+    first = built.keys[IMAGES[0]]
+    st.write_proposals("n" * 24, [st.proposals_output(first, [], image_hw=(4, 4))])
+    st.drop_images(FEATURES, FK, [first])
+    st.drop_images(LABELS, built.pred_b, [first])
+
+    now = _cli("inspect", copy)
+    assert now.exit_code == 0, now.output
+    assert f"{'n' * 24}/  1 images, 0 proposals" in now.output
+    assert f"{FK}/  1 images (1 rows without output)" in now.output
+    assert f"{built.pred_b}/  1 images (1 rows without output)" in now.output
+
+    then = _cli("inspect", copy, "--version", built.pred_b[:8])
+    assert then.exit_code == 0, then.output
+    text = then.output
+    assert re.match(rf"\S+  maskbank store \(.*\), as of version {built.pred_b} \(snapshot \w+", text)
+    assert "n" * 24 not in text
+    assert f"{FK}/  2 images, " in text and f"{built.pred_b}/  2 images, " in text
+    listed = re.findall(r"^  ([0-9a-f]{16})  (\w+)  tag ", text, re.M)  # the versions published by then
+    assert listed == [(built.seeds, "pseudo_labels"), (built.pred_a, "predictions"), (built.pred_b, "predictions")]
+    assert f"bank.{built.bank}" not in text
+
+    unknown = _cli("inspect", copy, "--version", "0000")
+    assert unknown.exit_code == 1 and "no version matching '0000'" in unknown.output
 
 
 # ----- show ---------------------------------------------------------------------------------------
@@ -252,7 +312,7 @@ def test_show_features_and_saliency(built, tmp_path):
     assert (_panel(tmp_path / "f.png", 1, [w, w], (h, w)) == expected).all()
     out = _cli("show", built.path, image_id, "--layer", "saliency", "--key", FK[:4], "--out", tmp_path / "s.png")
     assert out.exit_code == 0, out.output
-    sal = st.read_image_item("saliency", FK, key).arrays["saliency"].astype(np.float32)
+    sal = st.read_saliency(FK, key)
     heat = _panel(tmp_path / "s.png", 1, [w, w], (h, w))
     assert (heat == render.heatmap(render.resize(sal, (h, w)))).all()
     assert heat[0, 0].tolist() != heat[-1, -1].tolist()
@@ -320,13 +380,162 @@ def test_compare_pseudo_labels_with_predictions(built):
 def test_documented_snippets_run_on_a_store(built, capsys):
     blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
     assert len(blocks) >= 5
-    code = "\n".join(blocks).replace('"maskbank-demo.zarr"', repr(str(built.path)))
+    code = "\n".join(blocks).replace('"maskbank-demo-store"', repr(str(built.path)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         exec(compile(code, str(DOCS), "exec"), {})
     printed = capsys.readouterr().out
-    assert "('y', 'x', 'channel')" in printed and "('prototype', 'channel')" in printed
-    assert "('mask', 'channel')" in printed and IMAGES[0] in printed
+    assert "('image', 'y', 'x', 'channel')" in printed and "('prototype', 'channel')" in printed
+    assert "('proposal', 'channel')" in printed and IMAGES[0] in printed
+    assert "(2, 8)" in printed  # the mean feature of each image
+
+
+# ----- versions -----------------------------------------------------------------------------------
+
+
+def test_show_and_compare_read_a_version_as_published(built, tmp_path):
+    copy = _copy(built, tmp_path)
+    image_id = IMAGES[0]
+    Store.open(str(copy), create=False).drop_images(LABELS, built.pred_b, [built.keys[image_id]])
+    photo = _photo(built, image_id)
+    h, w = photo.shape[:2]
+    out = _cli("show", copy, image_id, "--layer", "prediction", "--version", built.pred_b, "--out", tmp_path / "p.png")
+    assert out.exit_code == 0, out.output
+    assert _panel(tmp_path / "p.png", 1, [w, w], (h, w))[150, 70].tolist() == render.label_palette(4)[CAR].tolist()
+    out = _cli("compare", copy, "--versions", built.pred_a, built.pred_b)
+    assert out.exit_code == 0, out.output
+    assert "2 images in both" in out.output and re.search(rf"{image_id}\s+\S+\s+[1-9][\d.]*% of pixels differ", out.output)
+
+
+def test_versions_list_shows_tags_and_refuses_unknown_kinds(built):
+    out = _cli("versions", built.path)
+    assert out.exit_code == 0, out.output
+    assert f"tag bank.{built.bank}" in out.output and f"tag predictions.{built.pred_a}" in out.output
+    out = _cli("versions", "list", built.path, "--kind", "predictions", "--json")
+    assert out.exit_code == 0, out.output
+    assert [(v["id"], v["tag"]) for v in json.loads(out.output)] == [
+        (built.pred_a, f"predictions.{built.pred_a}"), (built.pred_b, f"predictions.{built.pred_b}")]
+    out = _cli("versions", "list", built.path, "--kind", "prediction")
+    assert out.exit_code == 2
+    assert out.output == "error: unknown version kind 'prediction'; kinds are pseudo_labels, bank, predictions, evaluation\n"
+
+
+def test_versions_delete_then_gc_reclaims_the_data(built, tmp_path):
+    copy = _copy(built, tmp_path)
+    st = Store.open(str(copy), create=False)
+    evaluation = [v.id for v in list_versions(st, "evaluation") if v.parents == (built.pred_b,)]
+    refused = _cli("versions", "delete", copy, built.pred_b)
+    assert refused.exit_code == 1 and f"is a parent of {evaluation[0]}" in refused.output
+    for vid in evaluation:
+        assert _cli("versions", "delete", copy, vid).exit_code == 0
+    out = _cli("versions", "delete", copy, built.pred_b)
+    assert out.exit_code == 0, out.output
+    assert f"deleted predictions version {built.pred_b} (tag predictions.{built.pred_b}) and its label maps" in out.output
+    assert f"`maskbank versions gc {copy}`" in out.output
+    st.refresh()
+    assert built.pred_b not in {v.id for v in list_versions(st)} and not st.exists(f"labels/{built.pred_b}")
+    assert _cli("versions", "delete", copy, built.pred_b).exit_code == 1
+
+    dry = _cli("versions", "gc", copy, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert re.search(r"^would delete \d+ chunks, \d+ manifests, \d+ commits: ", dry.output, re.M)
+    kept = _cli("versions", "gc", copy)  # everything is younger than the default 24 hours
+    assert kept.exit_code == 0 and "deleted 0 chunks, 0 manifests, 0 commits: 0 B" in kept.output
+    before = sum(f.stat().st_size for f in copy.rglob("*") if f.is_file())
+    out = _cli("versions", "gc", copy, "--older-than", "0")
+    assert out.exit_code == 0, out.output
+    expired, chunks, manifests, commits = map(int, re.search(
+        r"expired (\d+) commits older than 0 h\ndeleted (\d+) chunks, (\d+) manifests, (\d+) commits: ", out.output).groups())
+    assert expired > 0 and commits > 0 and chunks + manifests > 0  # small chunks live inside their manifests
+    assert sum(f.stat().st_size for f in copy.rglob("*") if f.is_file()) < before
+
+    for args in (["inspect", copy], ["inspect", copy, "--version", built.pred_a]):  # what remains still reads
+        out = _cli(*args)
+        assert out.exit_code == 0 and f"{built.pred_a}/  2 images" in out.output, out.output
+    st = Store.open(str(copy), create=False, version=built.seeds)
+    assert st.read_label_map(built.seeds, built.keys[IMAGES[0]])[30, 50] == PERSON
+
+
+# ----- what is not a store: one line, exit code 2 -------------------------------------------------
+
+
+@pytest.fixture
+def not_stores(tmp_path) -> dict[str, str]:
+    old = tmp_path / "old.zarr"  # a store of the per-item layout
+    old.mkdir()
+    (old / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group",
+                                               "attributes": {"maskbank_store": 1}}))
+    (tmp_path / "file.txt").write_text("hi")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes(b"jpeg")
+    return {
+        "missing": str(tmp_path / "missing.mb"),
+        "old layout": str(old),
+        "a file": str(tmp_path / "file.txt"),
+        "a folder of other things": str(tmp_path / "photos"),
+        "unknown scheme": "ftp://bucket/store",
+        "no bucket": "s3://",
+        "credentials in the URL": "s3://key:secret@bucket/store",
+    }
+
+
+@pytest.mark.parametrize("command", [
+    ["inspect", "{}"], ["inspect", "{}", "--version", "0123"], ["show", "{}", "000000184324", "--layer", "masks"],
+    ["compare", "{}", "--versions", "a", "b"], ["versions", "{}"], ["versions", "list", "{}", "--json"],
+    ["versions", "delete", "{}", "0123456789abcdef"], ["versions", "gc", "{}"],
+])
+def test_what_is_not_a_store_is_a_one_line_error(command, not_stores, tmp_path):
+    said = {}
+    for what, location in not_stores.items():
+        out = _cli(*[a.format(location) for a in command])
+        assert out.exit_code == 2, (what, out.output)
+        assert out.output.startswith("error: ") and out.output.count("\n") == 1, (what, out.output)
+        assert out.exception is None or isinstance(out.exception, SystemExit)
+        said[what] = out.output
+    assert "old per-item layout" in said["old layout"]
+    assert "not a maskbank store" in said["missing"]
+    assert re.search(r"(not a|no) maskbank store", said["a folder of other things"])
+    assert "is a file" in said["a file"] and "unknown store scheme 'ftp'" in said["unknown scheme"]
+    assert "take no credentials" in said["credentials in the URL"] and "secret" not in said["credentials in the URL"]
+    assert not Path(not_stores["missing"]).exists()  # looking created nothing
+    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["a.jpg"]
+
+
+# ----- a store in object storage ------------------------------------------------------------------
+
+
+def test_commands_on_an_s3_store(s3_env, built, tmp_path):
+    url = s3_env
+    st = Store.open(url)
+    ds = built.dataset
+    fp = st.write_manifest(ds, [built.keys[i] for i in ds.image_ids], tmp_path / "hashes.json")
+    st.write_proposals(PK, [st.proposals_output(built.keys[i], rle.encode(built.masks[i]), image_hw=built.masks[i].shape[1:])
+                            for i in IMAGES])
+    maps = {built.keys[i]: built.masks[i][0].astype(np.uint8) for i in IMAGES}
+    ids = {k: i for i, k in built.keys.items()}
+    seeds = _labels_version(st, "pseudo_labels", maps, ids, {"proposals": PK}, fps=[fp])
+    st.write_proposals("n" * 24, [st.proposals_output(built.keys[IMAGES[0]], [], image_hw=(4, 4))])
+
+    out = _cli("inspect", url)
+    assert out.exit_code == 0, out.output
+    assert out.output.startswith(f"{url}  maskbank store, branch main at snapshot ")
+    assert f"{PK}/  2 images, 4 proposals" in out.output and f"{'n' * 24}/  1 images" in out.output
+    assert f"{seeds}  pseudo_labels  tag pseudo_labels.{seeds}" in out.output
+    then = _cli("inspect", url, "--version", seeds)
+    assert then.exit_code == 0 and "n" * 24 not in then.output and f"as of version {seeds}" in then.output
+    out = _cli("show", url, IMAGES[0], "--layer", "seeds", "--out", tmp_path / "s.png")
+    assert out.exit_code == 0, out.output
+    h, w = built.masks[IMAGES[0]].shape[1:]
+    assert _panel(tmp_path / "s.png", 1, [w, w], (h, w))[30, 50].tolist() == render.label_palette(256)[PERSON].tolist()
+    out = _cli("versions", url)
+    assert out.exit_code == 0 and f"tag pseudo_labels.{seeds}" in out.output
+    out = _cli("versions", "delete", url, seeds)
+    assert out.exit_code == 0 and f"`maskbank versions gc {url}`" in out.output, out.output
+    out = _cli("versions", "gc", url, "--older-than", "0")
+    assert out.exit_code == 0 and re.search(r"deleted \d+ chunks, [1-9]\d* manifests", out.output), out.output
+    out = _cli("inspect", url)
+    assert out.exit_code == 0 and f"delete version {seeds}" in out.output.splitlines()[0]  # the newest commit
+    assert f"{seeds}/" not in out.output and f"tag pseudo_labels.{seeds}" not in out.output
 
 
 # ----- truth of a VOC dataset ---------------------------------------------------------------------
@@ -349,19 +558,30 @@ def test_show_truth_of_a_voc_dataset(tmp_path):
         png = Image.fromarray(index, mode="P")
         png.putpalette(render.label_palette(256).ravel().tolist())
         png.save(root / "SegmentationClass" / f"{image_id}.png")
-    st = Store.open(tmp_path / "s.zarr")
-    st.write_manifest(open_dataset(DatasetSpec(path=root, split="train")), tmp_path / "hashes.json")
+    st = Store.open(str(tmp_path / "s.mb"))
+    ds = open_dataset(DatasetSpec(path=root, split="train"))
+    st.write_manifest(ds, _image_keys(ds), tmp_path / "hashes.json")
 
-    out = _cli("show", st.path, "a", "--layer", "truth", "--out", tmp_path / "a.png")
+    out = _cli("show", st.url, "a", "--layer", "truth", "--out", tmp_path / "a.png")
     assert out.exit_code == 0, out.output
     panel = _panel(tmp_path / "a.png", 1, [32, 32], (24, 32))
     assert panel[5, 7].tolist() == [192, 128, 128] and panel[20, 20].tolist() == [0, 0, 0]
     assert (panel[0] == 255).all()
-    out = _cli("show", st.path, "b", "--layer", "truth", "--out", tmp_path / "b.png")
+    out = _cli("show", st.url, "b", "--layer", "truth", "--out", tmp_path / "b.png")
     assert out.exit_code == 1 and "has no pixel truth" in out.output
-    out = _cli("show", st.path, "big", "--layer", "truth", "--out", tmp_path / "big.png")
+    out = _cli("show", st.url, "big", "--layer", "truth", "--out", tmp_path / "big.png")
     assert out.exit_code == 0, out.output
     h, w = working_size(sizes["big"])
     assert (h, w) != sizes["big"]
     panel = _panel(tmp_path / "big.png", 1, [w, w], (h, w))
     assert panel[h // 3, w // 2].tolist() == [192, 128, 128] and panel[h - 1, w - 1].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("command", [["run", "--store", "{}", "--bank", "data"], ["demo", "--store", "{}"]])
+def test_run_and_demo_refuse_a_bad_location_before_running(command):
+    from maskbank.cli import app
+
+    for location, said in (("ftp://bucket/store", "unknown store scheme 'ftp'"), ("s3://", "names no bucket")):
+        out = CliRunner().invoke(app, [a.format(location) for a in command])
+        assert out.exit_code == 2 and out.output.startswith("error: ") and out.output.count("\n") == 1, out.output
+        assert said in out.output

@@ -226,12 +226,13 @@ def test_deployments_have_documented_forms(deployed):
     assert [(s.schedule.cron, s.active) for s in label.schedules] == [("0 2 * * *", False)]
     schema = label.parameter_openapi_schema
     assert schema["required"] == ["datasets", "store"]
-    assert schema["properties"]["store"]["description"].startswith("path of the maskbank Zarr store")
+    assert re.search(r"maskbank (Zarr )?store", schema["properties"]["store"]["description"])
     assert schema["properties"]["params"]["default"]["propose"]["points_per_side"] == 16
     assert "points_per_side" in schema["definitions"]["ProposeParams"]["properties"]
     assert schema["definitions"]["DatasetInput"]["properties"]["split"]["description"]
+    assert "Secret block" in schema["properties"]["credentials"]["description"]
     props = again.parameter_openapi_schema["properties"]
-    assert list(props) == ["store", "version", "datasets"]
+    assert list(props) == ["store", "version", "datasets", "credentials"]
     assert all(p["description"] for p in props.values())
 
 

@@ -94,3 +94,17 @@ def test_evaluation_report():
     text = evaluation_report("s.zarr", "0123456789abcdef", "predictions", [DatasetInput(path="v.json")],
                              {**PRED, "skipped": [["42", "truth cannot be read: bad png"]]})
     assert "## Images not scored\n\n| image | reason |\n|---|---|\n| `42` | truth cannot be read: bad png |" in text
+
+
+def test_reports_name_the_store_by_its_location(summary):
+    from pathlib import Path
+
+    text = run_report(summary, [DatasetInput(path="imgs")], None, RunParams(), "cpu")
+    local = Path("runs/x.zarr").absolute()
+    assert f"Store: `{local}` (list its versions: `maskbank versions {local}`)" in text
+    assert "Label maps: `labels/<version>` in the store" in text
+    remote = summary.model_copy(update={"store": "s3://bucket/runs/x?region=eu-west-1"})
+    text = run_report(remote, [DatasetInput(path="imgs")], None, RunParams(), "cpu")
+    assert "Store: `s3://bucket/runs/x?region=eu-west-1`" in text
+    text = evaluation_report("gs://bucket/store", "0123456789abcdef", "predictions", [DatasetInput(path="v.json")], PRED)
+    assert "Version `0123456789abcdef` (predictions) of store `gs://bucket/store`." in text

@@ -47,14 +47,14 @@ def _run(datasets, store: Path, **kwargs):
 
 def _label_maps(store: Path, version: str) -> dict[str, np.ndarray]:
     """Label maps of a version by source image id."""
-    from maskbank.flows.stages.labelmaps import LABELS
+    from maskbank.storage.layout import LABELS
     from maskbank.storage.store import Store
 
     st = Store.open(store, create=False)
     out = {}
     for key in st.list_items(LABELS, version):
-        item = st.read_image_item(LABELS, version, key)
-        out[item.attrs["source_image_id"]] = item.arrays["labels"]
+        arrays = st.read_image(LABELS, version, key, verify=True).arrays
+        out[str(arrays["source_image_id"])] = arrays["labels"]
     return out
 
 
@@ -106,7 +106,7 @@ def odd_folder(tmp_path_factory, sample_root) -> Path:
 
 @pytest.fixture(scope="module")
 def odd_run(prefect_harness, odd_folder, tmp_path_factory):
-    store = tmp_path_factory.mktemp("odd-store") / "s.zarr"
+    store = tmp_path_factory.mktemp("odd-store") / "s.mb"
     return store, _run([{"path": str(odd_folder)}], store)
 
 
@@ -167,7 +167,7 @@ def voc_root(tmp_path_factory, sample_root) -> Path:
 
 
 def test_voc_bad_truth_is_skipped_by_evaluation(prefect_harness, voc_root, tmp_path):
-    summary = _run([{"path": str(voc_root), "labels": str(voc_root / "labels.json")}], tmp_path / "s.zarr")
+    summary = _run([{"path": str(voc_root), "labels": str(voc_root / "labels.json")}], tmp_path / "s.mb")
     m = summary.pseudo_label_metrics
     assert m["images"] == 2  # good and rotated
     skipped = dict(summary.skipped)
@@ -178,7 +178,7 @@ def test_voc_bad_truth_is_skipped_by_evaluation(prefect_harness, voc_root, tmp_p
     with Image.open(voc_root / "JPEGImages" / "rotated.jpg") as im:
         stored_hw = im.size[::-1]
     # VOC truth refers to the stored pixels: the label map follows them, not the EXIF rotation
-    assert _label_maps(tmp_path / "s.zarr", summary.pseudo_labels)["rotated"].shape == stored_hw
+    assert _label_maps(tmp_path / "s.mb", summary.pseudo_labels)["rotated"].shape == stored_hw
 
 
 def test_voc_without_labels_file_skips_image_with_unreadable_truth(voc_root):
@@ -216,7 +216,7 @@ def test_bad_labels_file_stops_the_run_before_any_work(
         labels_file = tmp_path / ("labels.json" if kind == "voc" else "labels.csv")
         labels_file.write_text(labels)
         spec = {"path": str(voc_root if kind == "voc" else odd_folder), "labels": str(labels_file)}
-    store = tmp_path / "s.zarr"
+    store = tmp_path / "s.mb"
     with pytest.raises(DatasetError, match=message):
         _run([spec], store)
     assert Store.open(store).list_groups() == []  # nothing was written

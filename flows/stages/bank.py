@@ -10,13 +10,13 @@ from maskbank.flows.keys import code_version
 from maskbank.flows.params import BankParams
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.common import cached_task
-from maskbank.flows.stages.labelmaps import read_label_map
+from maskbank.storage.layout import BANK
 from maskbank.storage.store import Store
-from maskbank.storage.versions import publish_version, read_version, version_id
+from maskbank.storage.versions import publish_version, read_version, version_exists, version_id
 from maskbank.tasks.bank import BankBuilder, PrototypeBank, prototypes_for_image
 from maskbank.tasks.purify import PurifyParams
 
-KIND = "bank"
+KIND = BANK
 MODULES = ("maskbank.tasks.bank", "maskbank.tasks.purify", "maskbank.tasks.pooling", __name__)
 
 
@@ -32,7 +32,7 @@ def _image_prototypes(store: str, features_key: str, labels_version: str, image_
                       params: BankParams) -> tuple[np.ndarray, np.ndarray]:
     st = Store.open(store, create=False)
     features, geometry = st.read_features(features_key, image_key)
-    label_map = read_label_map(st, labels_version, image_key)
+    label_map = st.read_label_map(labels_version, image_key)
     return prototypes_for_image(features, geometry, label_map, classes, purify_params(params, geometry.image_hw))
 
 
@@ -47,7 +47,7 @@ def build_bank(
     vparams = {"bank": params.model_dump(), "features": features_key}
     code = code_version(MODULES)
     vid = version_id(KIND, vparams, [labels_version.id], collection.fingerprints, code_version=code)
-    if st.item_complete(f"versions/{vid}"):
+    if version_exists(st, vid):
         return VersionRef(store=store, id=vid, kind=KIND)
 
     row_of = {k: i for i, k in enumerate(collection.image_keys)}

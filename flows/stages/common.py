@@ -14,19 +14,12 @@ from pydantic import BaseModel, ConfigDict
 
 from maskbank.flows.keys import code_version, digest
 from maskbank.flows.refs import DatasetRef, ShardRef, VersionRef
-from maskbank.flows.stages.labelmaps import LABELS
 from maskbank.storage.datasets import ImageError
+from maskbank.storage.layout import LABEL_MAP_KINDS, LABELS, labels_group, version_group
+from maskbank.storage.location import parse_location
 from maskbank.storage.locks import store_lock
-from maskbank.storage.store import FEATURES, MissingItemError, Store
-from maskbank.storage.versions import version_path
-
-LABEL_MAP_KINDS = frozenset({"pseudo_labels", "predictions"})
-"""Version kinds whose label maps (``labels/<version id>/<image key>``) belong to the version."""
-
-COMPANIONS: dict[str, tuple[str, ...]] = {FEATURES: ("saliency",)}
-"""Items a per-image stage writes under its own key beside its main item when its model provides them
-(embed: the saliency map). Whether it does is a property of the key: once one image of a key has a
-companion, every image of that key must have it."""
+from maskbank.storage.store import ImageOutput, MissingItemError, Store
+from maskbank.storage.versions import delete_version, version_exists
 
 TASK_LOCKS = 64
 """Store locks shared out among task calls (by a hash of the call): one process at a time runs a call."""
@@ -81,71 +74,71 @@ def cached_task(name: str, modules: Sequence[str], **options) -> Callable:
 
 
 def run_shard(
-    store: Store, stage: str, key: str, jobs: Sequence[ImageJob], compute: Callable[[ImageJob], None]
+    store: Store, stage: str, key: str, jobs: Sequence[ImageJob], compute: Callable[[ImageJob], ImageOutput],
+    write: Callable[[list[ImageOutput]], list[str]],
 ) -> ShardRef:
-    """Run ``compute`` for every job whose item is not complete yet; unreadable images are skipped."""
+    """Run ``compute`` for every job without an output yet, then ``write`` the outputs in one commit;
+    unreadable images are skipped."""
     t0 = time.perf_counter()
-    computed, skipped = [], []
+    outputs, skipped = [], []
     for job in jobs:
         if store.has_item(stage, key, job.key):
             continue
         try:
-            compute(job)
+            outputs.append(compute(job))
         except ImageError as e:
             skipped.append((job.key, str(e)))
-            continue
-        computed.append(job.key)
+    write(outputs)
     return ShardRef(
-        store=str(store.path), stage=stage, key=key, image_keys=[j.key for j in jobs], computed=computed,
-        skipped=skipped, seconds=time.perf_counter() - t0,
+        store=store.url, stage=stage, key=key, image_keys=[j.key for j in jobs],
+        computed=[o.key for o in outputs], skipped=skipped, seconds=time.perf_counter() - t0,
     )
 
 
-def output_units(store: Store, ref: ShardRef | VersionRef) -> list[tuple[str, ...]]:
-    """Store paths of the items a task's reference stands for, in units written together.
-
-    A shard has one unit per image it did not skip (the item and its companions); a version has itself
-    and, for the label-map kinds, one unit per label map listed in its ``image_key`` array.
-    """
+def _incomplete(store: Store, ref: ShardRef | VersionRef, verify: bool) -> tuple[list[str], bool]:
+    """What of a task's outputs is missing (with ``verify``: or damaged): the images of a shard or of a
+    version's label maps, and whether the version itself is."""
     if isinstance(ref, ShardRef):
         skipped = {k for k, _ in ref.skipped}
-        stages = [ref.stage] + [c for c in COMPANIONS.get(ref.stage, ()) if ref.key in store.list_keys(c)]
-        return [tuple(store.item_path(s, ref.key, k) for s in stages) for k in ref.image_keys if k not in skipped]
-    units = [(version_path(ref.id),)]
-    if ref.kind in LABEL_MAP_KINDS:
-        try:
-            keys = store.read_array(version_path(ref.id), "image_key").tolist()
-        except MissingItemError:
-            return units
-        units += [(store.item_path(LABELS, ref.id, str(k)),) for k in keys]
-    return units
-
-
-def _complete(store: Store, ref: ShardRef | VersionRef, verify: bool) -> bool:
-    return all(store.item_complete(p, verify=verify) for unit in output_units(store, ref) for p in unit)
+        keys = [k for k in ref.image_keys if k not in skipped]
+        return [k for k in keys if not store.has_item(ref.stage, ref.key, k, verify=verify)], False
+    if not version_exists(store, ref.id) or not store.item_complete(version_group(ref.id), verify=verify):
+        return [], True
+    if ref.kind not in LABEL_MAP_KINDS:
+        return [], False
+    try:
+        keys = store.read_array(version_group(ref.id), "image_key").tolist()
+    except MissingItemError:
+        return [], True
+    return [k for k in keys if not store.has_item(LABELS, ref.id, k, verify=verify)], False
 
 
 def shard_complete(ref: ShardRef, verify: bool = False) -> bool:
-    """Whether every non-skipped image of a shard has its complete item (and companions) in the store;
-    with ``verify``, whether each also matches its content hash."""
-    return _complete(Store.open(ref.store, create=False), ref, verify)
+    """Whether every non-skipped image of a shard has its output in the store; with ``verify``, whether
+    each also matches its content hash."""
+    return _incomplete(Store.open(ref.store, create=False), ref, verify) == ([], False)
 
 
 def version_complete(ref: VersionRef, verify: bool = False) -> bool:
-    """Whether a version (and, for label-map kinds, each of its label maps) is complete in the store;
-    with ``verify``, whether each also matches its content hash."""
-    return _complete(Store.open(ref.store, create=False), ref, verify)
+    """Whether a version (and, for label-map kinds, each of its label maps) is in the store; with
+    ``verify``, whether each also matches its content hash."""
+    return _incomplete(Store.open(ref.store, create=False), ref, verify) == ([], False)
 
 
 def discard_incomplete(ref: ShardRef | VersionRef, verify: bool = False) -> list[str]:
-    """Delete every output unit of ``ref`` that is not complete (with ``verify``: that does not match its
-    hash), so that the task writes it again; returns the deleted paths."""
+    """Drop every output of ``ref`` that is missing or (with ``verify``) damaged, so that the task writes it
+    again; returns what was dropped (image keys, or the version id)."""
     store = Store.open(ref.store, create=False)
-    gone = []
-    for unit in output_units(store, ref):
-        if not all(store.item_complete(p, verify=verify) for p in unit):
-            gone += [p for p in unit if store.delete_path(p)]
-    return gone
+    images, whole = _incomplete(store, ref, verify)
+    if isinstance(ref, ShardRef):
+        return store.drop_images(ref.stage, ref.key, images)
+    if whole:
+        if version_exists(store, ref.id):
+            delete_version(store, ref.id, force=True)
+        elif store.exists(labels_group(ref.id)):
+            store.delete_paths([labels_group(ref.id)])
+        return [ref.id]
+    return store.drop_images(LABELS, ref.id, images)
 
 
 def checked(task_fn, is_complete: Callable[..., bool], verify: bool = False, **kwargs):
@@ -158,7 +151,7 @@ def checked(task_fn, is_complete: Callable[..., bool], verify: bool = False, **k
     cache reports no images computed in this run.
     """
     name = f"task-{int(digest(task_fn.name, kwargs), 16) % TASK_LOCKS:02d}"
-    with store_lock(kwargs["store"], name):
+    with store_lock(parse_location(kwargs["store"]), name):
         state = task_fn(return_state=True, **kwargs)
         ref = _result(task_fn, state)
         if not is_complete(ref, verify=verify):

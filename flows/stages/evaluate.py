@@ -14,14 +14,14 @@ from maskbank.flows.keys import code_version
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.common import cached_task
 from maskbank.flows.stages.ingest import DatasetInput
-from maskbank.flows.stages.labelmaps import read_label_map
 from maskbank.storage.datasets import DatasetError, ImageRecord, open_dataset, working_size
+from maskbank.storage.layout import EVALUATION
 from maskbank.storage.store import Store
-from maskbank.storage.versions import get_version, publish_version, read_version, version_id
+from maskbank.storage.versions import get_version, publish_version, read_version, version_exists, version_id
 from maskbank.tasks.classes import VOC_CLASSES, subset_lookup
 from maskbank.tasks.metrics import ConfusionMatrix
 
-KIND = "evaluation"
+KIND = EVALUATION
 MODULES = ("maskbank.tasks.metrics", "maskbank.tasks.classes", __name__)
 
 
@@ -45,7 +45,7 @@ def evaluate(store: str, datasets: list[DatasetInput], collection: DatasetRef, l
     st = Store.open(store, create=False)
     code = code_version(MODULES)
     vid = version_id(KIND, {}, [labels_version.id], collection.fingerprints, code_version=code)
-    if st.item_complete(f"versions/{vid}"):
+    if version_exists(st, vid):
         return VersionRef(store=store, id=vid, kind=KIND, metrics=get_version(st, vid).metrics)
 
     scored = {str(k) for k in read_version(st, labels_version.id).arrays["image_key"]}
@@ -63,7 +63,7 @@ def evaluate(store: str, datasets: list[DatasetInput], collection: DatasetRef, l
             except DatasetError as e:
                 skipped.append((rec.image_id, f"truth cannot be read: {e}"))
                 continue
-            pred, why = fit_to_truth(read_label_map(st, labels_version.id, key), truth, rec)
+            pred, why = fit_to_truth(st.read_label_map(labels_version.id, key), truth, rec)
             if pred is None:
                 skipped.append((rec.image_id, why))
                 continue

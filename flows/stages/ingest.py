@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from maskbank.flows.keys import digest
 from maskbank.flows.refs import DatasetRef
-from maskbank.storage.datasets import DatasetSpec, ImageRecord, image_size, open_dataset, working_size
+from maskbank.storage.datasets import DatasetSpec, ImageRecord, image_size, open_dataset
 from maskbank.storage.datasets.hashing import FileHasher, default_hash_cache
+from maskbank.storage.layout import image_key
 from maskbank.storage.store import Store
 
 
@@ -37,16 +38,6 @@ class DatasetInput(BaseModel):
         return DatasetSpec.from_dict({k: v for k, v in d.items() if v != {}})
 
 
-def image_key(file_sha256: str, exif_transpose: bool, image_hw: tuple[int, int] | None = None) -> str:
-    """Content key of an image: its file hash, how its pixels are oriented and, for an image over the
-    working-size bound, the size it is processed at."""
-    key = file_sha256[:32] + ("" if exif_transpose else "-raw")
-    if image_hw is not None and working_size(image_hw) != tuple(image_hw):
-        h, w = working_size(image_hw)
-        key += f"-{h}x{w}"
-    return key
-
-
 def _image_hw(record: ImageRecord, exif_transpose: bool) -> tuple[int, int]:
     if record.height is not None and record.width is not None:
         return record.height, record.width
@@ -60,21 +51,19 @@ def ingest(dataset: DatasetInput, store: str, verify: bool = False) -> DatasetRe
     Runs every time (it is how changes to the images or labels are noticed); file hashes are cached by
     size and modification time beside the dataset, so an unchanged dataset costs a directory walk.
     With ``verify`` a stored manifest that no longer matches its content hash is written again.
-    Staged leftovers of writers that died a day ago or more are removed.
     """
     st = Store.open(store)
-    st.clean_staging()
     ds = open_dataset(dataset.spec())
     hash_cache = default_hash_cache(ds.root)
-    if verify:
-        st.discard_damaged(st.manifest_path(ds.fingerprint(hash_cache)))
-    fp = st.write_manifest(ds, hash_cache)
     hasher = FileHasher(hash_cache)
     keys = [image_key(hasher.sha256(r.path), ds.exif_transpose, _image_hw(r, ds.exif_transpose))
             for r in ds.records]
     hasher.save()
+    if verify and not st.item_complete(st.manifest_path(ds.fingerprint(hash_cache)), verify=True):
+        st.delete_paths([st.manifest_path(ds.fingerprint(hash_cache))])
+    fp = st.write_manifest(ds, keys, hash_cache)
     return DatasetRef(
-        store=str(st.path), fingerprint=fp, name=ds.name, class_names=ds.class_names,
+        store=st.url, fingerprint=fp, name=ds.name, class_names=ds.class_names,
         image_ids=ds.image_ids, image_keys=keys, paths=[str(Path(r.path)) for r in ds.records],
         exif_transpose=ds.exif_transpose, labels=[None if r.labels is None else list(r.labels) for r in ds.records],
         has_truth=[r.has_truth for r in ds.records], skipped=list(ds.skipped), notes=list(ds.notes),

@@ -7,11 +7,9 @@ import numpy as np
 from maskbank.flows.keys import code_version, stage_key
 from maskbank.flows.refs import ShardRef
 from maskbank.flows.stages.common import ImageJob, cached_task, run_shard
-from maskbank.flows.stages.embed import SALIENCY
-from maskbank.storage.store import Store
+from maskbank.storage.layout import FEATURES, POOLED
+from maskbank.storage.store import ImageOutput, Store, feature_geometry
 from maskbank.tasks.pooling import pool_masks
-
-POOLED = "pooled"
 MODULES = ("maskbank.tasks.pooling", "maskbank.tasks.geometry", __name__)
 
 
@@ -40,19 +38,17 @@ def pool_shard(store: str, key: str, jobs: list[ImageJob], proposals_key: str, f
     """Pooled proposal features ``[mask, channel]``, mean saliency and area fraction per proposal."""
     st = Store.open(store, create=False)
 
-    def compute(job: ImageJob) -> None:
+    def compute(job: ImageJob) -> ImageOutput:
         props = st.read_proposals(proposals_key, job.key)
-        features, geometry = st.read_features(features_key, job.key)
+        out = st.read_image(FEATURES, features_key, job.key).arrays
+        features, geometry = out["features"], feature_geometry(out)
         masks = props.masks()
         pooled = pool_masks(features, geometry, masks)
-        if st.has_item(SALIENCY, features_key, job.key):
-            sal_map = st.read_image_item(SALIENCY, features_key, job.key).arrays["saliency"]
-            saliency = mask_means(saliency_at_image(sal_map, props.image_hw), masks)
+        if "saliency" in out:
+            saliency = mask_means(saliency_at_image(out["saliency"], props.image_hw), masks)
         else:
             saliency = np.full(len(masks), np.nan, np.float32)
         h, w = props.image_hw
-        arrays = {"features": pooled, "saliency": saliency, "area": props.area.astype(np.float32) / (h * w)}
-        dims = {"features": ("mask", "channel"), "saliency": ("mask",), "area": ("mask",)}
-        st.write_image_item(POOLED, key, job.key, arrays, {"image_hw": [h, w]}, dims)
+        return st.pooled_output(job.key, pooled, saliency, props.area.astype(np.float32) / (h * w), (h, w))
 
-    return run_shard(st, POOLED, key, jobs, compute)
+    return run_shard(st, POOLED, key, jobs, compute, lambda outs: st.write_pooled(key, outs))

@@ -8,7 +8,8 @@ from maskbank.flows.params import ProposeParams
 from maskbank.flows.refs import ShardRef
 from maskbank.flows.stages.common import ImageJob, cached_task, run_shard
 from maskbank.storage.datasets import load_rgb
-from maskbank.storage.store import PROPOSALS, Store
+from maskbank.storage.layout import PROPOSALS
+from maskbank.storage.store import ImageOutput, Store
 from maskbank.tasks.propose import non_overlapping
 
 MODULES = ("maskbank.tasks.propose", "maskbank.tasks.proposals", "maskbank.tasks.fast_amg",
@@ -27,10 +28,10 @@ def propose_shard(store: str, key: str, jobs: list[ImageJob], params: ProposePar
     st = Store.open(store, create=False)
     model = runtime.proposer(params, device)
 
-    def compute(job: ImageJob) -> None:
+    def compute(job: ImageJob) -> ImageOutput:
         image = load_rgb(job.path, exif_transpose=job.exif_transpose)
         props = non_overlapping(model(image), model.config.min_area_pixels(image.shape[:2]))
-        st.write_proposals(key, job.key, props.rles, props.predicted_iou, props.stability_score, props.bbox,
-                           props.area, props.image_hw, attrs={"path": job.path})
+        return st.proposals_output(job.key, props.rles, props.predicted_iou, props.stability_score, props.bbox,
+                                   props.area, props.image_hw)
 
-    return run_shard(st, PROPOSALS, key, jobs, compute)
+    return run_shard(st, PROPOSALS, key, jobs, compute, lambda outs: st.write_proposals(key, outs))

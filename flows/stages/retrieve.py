@@ -13,14 +13,13 @@ from maskbank.flows.params import RetrieveParams
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.bank import load_bank
 from maskbank.flows.stages.common import cached_task
-from maskbank.flows.stages.labelmaps import label_maps_complete, write_label_map
-from maskbank.flows.stages.pool import POOLED
+from maskbank.storage.layout import PREDICTIONS
 from maskbank.storage.store import Store
-from maskbank.storage.versions import publish_version, version_id
+from maskbank.storage.versions import publish_version, version_exists, version_id
 from maskbank.tasks.paint import paint_by_score
 from maskbank.tasks.retrieve import BankIndex
 
-KIND = "predictions"
+KIND = PREDICTIONS
 MODULES = ("maskbank.tasks.retrieve", "maskbank.tasks.paint", __name__)
 
 
@@ -39,7 +38,7 @@ def retrieve(
                "pooled": pooled_key, "images": digest(keys)}
     code = code_version(MODULES)
     vid = version_id(KIND, vparams, [bank_version.id], targets.fingerprints, code_version=code)
-    if st.item_complete(f"versions/{vid}") and label_maps_complete(st, vid, keys):
+    if version_exists(st, vid) and not st.label_maps_missing(vid, keys):
         return VersionRef(store=store, id=vid, kind=KIND)
 
     bank = load_bank(st, bank_version.id)
@@ -47,8 +46,9 @@ def retrieve(
     k = params.k if params.rule != "class_balanced" else params.k_per_class
     n_cls = bank.num_classes
     all_labels, all_scores, all_images = [], [], []
+    maps = st.label_map_writer(vid)
     for j, i in enumerate(rows):
-        pooled = st.read_image_item(POOLED, pooled_key, keys[j]).arrays["features"]
+        pooled = st.read_pooled(pooled_key, keys[j])["features"]
         allowed = None
         if restrict:
             allowed = np.zeros((len(pooled), n_cls), bool)
@@ -59,10 +59,11 @@ def retrieve(
             labels, scores = np.zeros(0, np.int32), np.zeros(0, np.float32)
         props = st.read_proposals(proposals_key, keys[j])
         label_map = paint_by_score(props.masks(), labels, scores, nms_iou=params.nms_iou, num_classes=n_cls)
-        write_label_map(st, vid, keys[j], label_map, targets.image_ids[i])
+        maps.add(keys[j], label_map, targets.image_ids[i])
         all_labels.append(labels)
         all_scores.append(scores)
         all_images.append(np.full(len(labels), j, np.int32))
+    maps.flush()
     cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
     arrays = {"image_key": np.array(keys), "proposal_image": cat(all_images, np.int32),
               "proposal_label": cat(all_labels, np.int32), "proposal_score": cat(all_scores, np.float32)}

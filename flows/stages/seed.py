@@ -9,29 +9,21 @@ from maskbank.flows.params import SeedParams
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.common import cached_task
 from maskbank.flows.keys import code_version, digest
-from maskbank.flows.stages.labelmaps import label_maps_complete, write_label_map
-from maskbank.flows.stages.pool import POOLED
+from maskbank.storage.layout import POOLED, PSEUDO_LABELS
 from maskbank.storage.store import Store
-from maskbank.storage.versions import publish_version, version_id
+from maskbank.storage.versions import publish_version, version_exists, version_id
 from maskbank.tasks.paint import paint_by_score
 from maskbank.tasks.models.device import resolve_device
 from maskbank.tasks.seed import seed_proposals
 
-KIND = "pseudo_labels"
+KIND = PSEUDO_LABELS
 MODULES = ("maskbank.tasks.seed", "maskbank.tasks.paint", __name__)
 
 
 def load_pooled(store: Store, pooled_key: str, image_keys: list[str]):
     """Concatenated pooled features, saliency and the proposal -> image index over ``image_keys``."""
-    feats, sal, index = [], [], []
-    for i, k in enumerate(image_keys):
-        a = store.read_image_item(POOLED, pooled_key, k).arrays
-        feats.append(a["features"])
-        sal.append(a["saliency"])
-        index.append(np.full(len(a["features"]), i, np.int64))
-    dim = feats[0].shape[1] if feats else 0
-    cat = lambda xs, empty: np.concatenate(xs) if xs else empty  # noqa: E731
-    return cat(feats, np.zeros((0, dim), np.float32)), cat(sal, np.zeros(0, np.float32)), cat(index, np.zeros(0, np.int64))
+    arrays, index = store.read_elements(POOLED, pooled_key, image_keys, ["features", "saliency"])
+    return arrays["features"], arrays["saliency"], index
 
 
 @cached_task("seed", MODULES)
@@ -46,7 +38,7 @@ def seed_collection(
     vparams = {"seed": params.model_dump(), "proposals": proposals_key, "pooled": pooled_key, "images": digest(keys)}
     code = code_version(MODULES)
     vid = version_id(KIND, vparams, datasets=collection.fingerprints, code_version=code)
-    if st.item_complete(f"versions/{vid}") and label_maps_complete(st, vid, keys):
+    if version_exists(st, vid) and not st.label_maps_missing(vid, keys):
         return VersionRef(store=store, id=vid, kind=KIND)
 
     k = len(collection.class_names)
@@ -59,11 +51,12 @@ def seed_collection(
     result = seed_proposals(features, index, multi_hot, saliency=saliency if use_sal else None, config=config,
                             device=resolve_device(device))
     chosen = np.take_along_axis(result.scores, result.labels[:, None].astype(np.int64), 1)[:, 0] if len(index) else np.zeros(0)
-    for j, i in enumerate(rows):
-        sel = index == j
-        props = st.read_proposals(proposals_key, keys[j])
-        label_map = paint_by_score(props.masks(), result.labels[sel], chosen[sel], nms_iou=None, num_classes=k)
-        write_label_map(st, vid, keys[j], label_map, collection.image_ids[i])
+    with st.label_map_writer(vid) as maps:
+        for j, i in enumerate(rows):
+            sel = index == j
+            props = st.read_proposals(proposals_key, keys[j])
+            label_map = paint_by_score(props.masks(), result.labels[sel], chosen[sel], nms_iou=None, num_classes=k)
+            maps.add(keys[j], label_map, collection.image_ids[i])
     arrays = {"image_key": np.array(keys), "proposal_image": index.astype(np.int32),
               "proposal_label": result.labels, "proposal_score": chosen.astype(np.float32)}
     dims = {"image_key": ("image",), "proposal_image": ("proposal",), "proposal_label": ("proposal",),

@@ -1,8 +1,10 @@
 """``maskbank inspect``, ``show`` and ``compare``: look inside a store without writing code.
 
-``inspect`` prints the store as a tree; ``show`` draws one image's layer (proposal outlines, feature PCA,
-saliency, seed / prediction / truth label maps) beside the photo as a PNG; ``compare`` measures where two
-label versions differ and how their per-class IoU moved.
+``inspect`` prints the store as a tree (as it is now, or as of one of its versions); ``show`` draws one
+image's layer (proposal outlines, feature PCA, saliency, seed / prediction / truth label maps) beside the
+photo as a PNG; ``compare`` measures where two label versions differ and how their per-class IoU moved.
+A version's label maps are always read as of the commit that published it, so what a version shows never
+changes with later runs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-StoreArg = Annotated[Path, typer.Argument(help="Zarr store path.")]
+from maskbank.commands.stores import StoreArg, open_store
+from maskbank.storage.layout import PREDICTIONS, PSEUDO_LABELS
 
 
 class Layer(str, Enum):
@@ -28,7 +31,7 @@ class Layer(str, Enum):
     truth = "truth"
 
 
-LABEL_LAYERS = {Layer.seeds: "pseudo_labels", Layer.prediction: "predictions"}
+LABEL_LAYERS = {Layer.seeds: PSEUDO_LABELS, Layer.prediction: PREDICTIONS}
 
 
 def register(app: typer.Typer) -> None:
@@ -40,21 +43,25 @@ def register(app: typer.Typer) -> None:
 
 def inspect_store(
     store: StoreArg,
-    show_all: Annotated[bool, typer.Option("--all", help="List every item of the per-image stages.")] = False,
+    version: Annotated[Optional[str], typer.Option(help="Show the store as of this version's commit (id or prefix).")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Also list every image of each stage key, and the bookkeeping arrays.")] = False,
 ) -> None:
-    """Print the store as a tree: groups, arrays (dims, shape, chunks, dtype, bytes on disk and in memory),
-    datasets and versions. Per-image stage keys are summarised unless --all."""
+    """Print the store as a tree: datasets, per-image stage keys (images with output, arrays with dims,
+    shape, chunks, dtype, bytes stored and in memory), label maps and versions with their tags. With
+    --version, the store as that version's commit holds it, whatever was written since."""
     from maskbank.commands.tree import store_tree
 
-    for line in store_tree(_open(store), show_all=show_all):
-        typer.echo(line)
+    st = open_store(store, version)
+    with _reported():
+        for line in store_tree(st, show_all=show_all):
+            typer.echo(line)
 
 
 def show(
     store: StoreArg,
     image_id: Annotated[str, typer.Argument(help="Dataset image id, e.g. 000000196610.")],
     layer: Annotated[Layer, typer.Option(help="What to draw beside the photo.")],
-    version: Annotated[Optional[str], typer.Option(help="seeds/prediction: version id or prefix (default: the newest holding the image).")] = None,
+    version: Annotated[Optional[str], typer.Option(help="seeds/prediction: version id or prefix, read as of its own commit (default: the newest holding the image).")] = None,
     key: Annotated[Optional[str], typer.Option(help="masks/features/saliency: stage key or prefix, when several hold the image.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: <image id>-<layer>.png).")] = None,
 ) -> None:
@@ -63,7 +70,7 @@ def show(
     from maskbank.commands.lookup import find_image
     from maskbank.storage.datasets import load_rgb
 
-    st = _open(store)
+    st = open_store(store)
     with _reported():
         ref = find_image(st, image_id)
         photo = load_rgb(ref.path, exif_transpose=ref.manifest.exif_transpose)
@@ -84,7 +91,7 @@ def compare(
 
     if out is not None and image is None:
         raise typer.BadParameter("--out names the picture of one image; give --image too")
-    st = _open(store)
+    st = open_store(store)
     picture = None
     with _reported():
         a, b = (resolve_version(st, v, LABEL_KINDS) for v in versions)
@@ -98,10 +105,11 @@ def compare(
 
 def _pixel_differences(st, a, b) -> None:
     """Print the share of pixels whose label differs, per image labelled by both versions and overall."""
-    from maskbank.commands.lookup import LABELS
-    from maskbank.flows.stages.labelmaps import read_label_map
+    from maskbank.commands.lookup import as_published
+    from maskbank.storage.layout import LABELS
 
-    keys_a, keys_b = set(st.list_items(LABELS, a.id)), set(st.list_items(LABELS, b.id))
+    at_a, at_b = as_published(st, a), as_published(st, b)
+    keys_a, keys_b = set(at_a.list_items(LABELS, a.id)), set(at_b.list_items(LABELS, b.id))
     common = sorted(keys_a & keys_b)
     typer.echo(f"A {a.id} ({a.kind}, {len(keys_a)} images)   B {b.id} ({b.kind}, {len(keys_b)} images)   "
                f"{len(common)} images in both")
@@ -109,8 +117,9 @@ def _pixel_differences(st, a, b) -> None:
         typer.echo("no image has a label map in both versions")
     differing = total = 0
     for k in common:
-        la, lb = read_label_map(st, a.id, k), read_label_map(st, b.id, k)
-        source = st.read_attrs(st.item_path(LABELS, a.id, k)).get("source_image_id", k)
+        out_a = at_a.read_image(LABELS, a.id, k).arrays
+        la, lb = out_a["labels"], at_b.read_label_map(b.id, k)
+        source = str(out_a["source_image_id"]) or k
         if la.shape != lb.shape:
             typer.echo(f"  {source:<24} {k}  label maps of different sizes {la.shape} / {lb.shape}")
             continue
@@ -127,27 +136,27 @@ def _pixel_differences(st, a, b) -> None:
 def _layer_panels(st, ref, photo: np.ndarray, layer: Layer, version: str | None, key: str | None):
     """``(panels, titles)`` of ``layer`` for the image ``ref``."""
     from maskbank.commands.lookup import (
-        LABELS, NotInStoreError, class_names_of, latest_labels_version, open_truth, resolve_version, stage_key,
+        NotInStoreError, as_published, class_names_of, latest_labels_version, open_truth, resolve_version, stage_key,
     )
-    from maskbank.flows.stages.labelmaps import read_label_map
+    from maskbank.storage.layout import FEATURES, LABELS, PROPOSALS
     from maskbank.tasks import render
 
     name = f"{ref.image_id} ({ref.manifest.name})"
     if layer == Layer.masks:
-        pk = stage_key(st, "proposals", ref.key, key)
+        pk = stage_key(st, PROPOSALS, ref.key, key)
         props = st.read_proposals(pk, ref.key)
         _same_size(props.image_hw, photo, f"proposals/{pk}")
         return [photo, render.draw_outlines(photo, props.masks())], [name, f"{len(props)} proposals  ({pk})"]
     if layer == Layer.features:
-        fk = stage_key(st, "features", ref.key, key)
+        fk = stage_key(st, FEATURES, ref.key, key)
         features, geometry = st.read_features(fk, ref.key)
         _same_size(geometry.image_hw, photo, f"features/{fk}")
         rgb = render.to_uint8(geometry.to_image(render.pca_rgb(features)))
         h, w, c = features.shape
         return [photo, rgb], [name, f"features PCA: {h}x{w} tokens, {c} channels  ({fk})"]
     if layer == Layer.saliency:
-        sk = stage_key(st, "saliency", ref.key, key)
-        sal = st.read_image_item("saliency", sk, ref.key).arrays["saliency"].astype(np.float32)
+        sk = stage_key(st, FEATURES, ref.key, key, having=st.features_have_saliency, what="features keys with saliency")
+        sal = st.read_saliency(sk, ref.key).astype(np.float32)
         heat = render.heatmap(render.resize(sal, photo.shape[:2]))
         return [photo, heat], [name, f"saliency {np.nanmin(sal):.2f} (black) .. {np.nanmax(sal):.2f} (yellow)  ({sk})"]
     if layer == Layer.truth:
@@ -159,9 +168,10 @@ def _layer_panels(st, ref, photo: np.ndarray, layer: Layer, version: str | None,
         return _label_panels(photo, truth, ref.manifest.class_names, ignore, name, title)
     kind = LABEL_LAYERS[layer]
     v = resolve_version(st, version, (kind,)) if version else latest_labels_version(st, kind, ref)
-    if not st.has_item(LABELS, v.id, ref.key):
+    published = as_published(st, v)
+    if not published.has_item(LABELS, v.id, ref.key):
         raise NotInStoreError(f"{kind} version {v.id} has no label map of image {ref.image_id!r}")
-    labels = read_label_map(st, v.id, ref.key)
+    labels = published.read_label_map(v.id, ref.key)
     _same_size(labels.shape, photo, f"labels/{v.id}")
     return _label_panels(photo, labels, class_names_of(st, v, ref.manifest), None, name, f"{kind} {v.id}")
 
@@ -174,16 +184,19 @@ def _label_panels(photo, labels, class_names, ignore, name, title):
 
 
 def _difference_panels(st, image_id: str, a, b):
-    from maskbank.commands.lookup import LABELS, NotInStoreError, class_names_of, find_image
-    from maskbank.flows.stages.labelmaps import read_label_map
+    from maskbank.commands.lookup import NotInStoreError, as_published, class_names_of, find_image
     from maskbank.storage.datasets import load_rgb
+    from maskbank.storage.layout import LABELS
     from maskbank.tasks import render
 
     ref = find_image(st, image_id)
+    maps = []
     for v in (a, b):
-        if not st.has_item(LABELS, v.id, ref.key):
+        published = as_published(st, v)
+        if not published.has_item(LABELS, v.id, ref.key):
             raise NotInStoreError(f"version {v.id} has no label map of image {image_id!r}")
-    la, lb = read_label_map(st, a.id, ref.key), read_label_map(st, b.id, ref.key)
+        maps.append(published.read_label_map(v.id, ref.key))
+    la, lb = maps
     photo = load_rgb(ref.path, exif_transpose=ref.manifest.exif_transpose)
     for v, lab in ((a, la), (b, lb)):
         _same_size(lab.shape, photo, f"labels/{v.id}")
@@ -196,10 +209,11 @@ def _difference_panels(st, image_id: str, a, b):
 
 
 def _iou_change(st, a, b) -> None:
+    from maskbank.storage.layout import EVALUATION
     from maskbank.storage.versions import list_versions
 
     evals = {}
-    for v in list_versions(st, "evaluation"):
+    for v in list_versions(st, EVALUATION):
         for parent in (a.id, b.id):
             if v.parents == (parent,) and v.metrics:
                 evals[parent] = v
@@ -245,15 +259,6 @@ def _save(panels, titles, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(side_by_side(panels, titles)).save(out)
     typer.echo(f"wrote {out}")
-
-
-def _open(path: Path):
-    from maskbank.storage.store import NotAStoreError, Store
-
-    try:
-        return Store.open(path, create=False)
-    except NotAStoreError as e:
-        raise typer.BadParameter(str(e), param_hint="STORE") from None
 
 
 @contextmanager

@@ -3,23 +3,21 @@ key that holds an image, and the pixel truth of the dataset an image came from."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from maskbank.storage.datasets import (
-    Dataset, DatasetError, DatasetSpec, ImageError, ImageRecord, image_size, open_dataset,
-)
-from maskbank.storage.datasets.hashing import sha256_file
+from maskbank.storage.datasets import Dataset, DatasetError, DatasetSpec, ImageError, ImageRecord, open_dataset
 from maskbank.storage.datasets.voc import is_voc
+from maskbank.storage.layout import FEATURES, IMAGE_STAGES, LABEL_MAP_KINDS, LABELS, POOLED, PROPOSALS
 from maskbank.storage.store import Manifest, Store
 from maskbank.storage.versions import VersionInfo, list_versions
 
-LABELS = "labels"
-LABEL_KINDS = ("pseudo_labels", "predictions")
+LABEL_KINDS = tuple(sorted(LABEL_MAP_KINDS))
 # Version params that name the stage key a version was computed from, per stage.
-STAGE_PARAMS = {"proposals": "proposals", "pooled": "pooled", "features": "features", "saliency": "features"}
+STAGE_PARAMS = {PROPOSALS: "proposals", POOLED: "pooled", FEATURES: "features"}
 
 
 class NotInStoreError(LookupError):
@@ -43,20 +41,9 @@ class ImageRef:
         return self.record.path
 
 
-def content_key(record: ImageRecord, exif_transpose: bool) -> str:
-    """The key the flow stores an image's outputs under: ``flows.stages.ingest.image_key`` of the file's
-    hash, orientation and size."""
-    from maskbank.flows.stages.ingest import image_key
-
-    hw = (record.height, record.width)
-    try:
-        if None in hw:
-            hw = image_size(record.path, exif_transpose=exif_transpose)
-        return image_key(sha256_file(record.path), exif_transpose, hw)
-    except (FileNotFoundError, ImageError):
-        raise NotInStoreError(
-            f"image file {record.path} is gone or unreadable; its content key is the hash of the file"
-        ) from None
+def image_keys(store: Store, fingerprint: str) -> list[str]:
+    """Content keys of a recorded dataset's images, in the manifest's order."""
+    return list(store.read_attrs(store.manifest_path(fingerprint))["image_keys"])
 
 
 def find_image(store: Store, image_id: str) -> ImageRef:
@@ -65,18 +52,17 @@ def find_image(store: Store, image_id: str) -> ImageRef:
     refs: dict[str, ImageRef] = {}
     for fp in store.list_manifests():
         manifest = store.read_manifest(fp)
-        for rec in manifest.records:
+        for rec, key in zip(manifest.records, image_keys(store, fp), strict=True):
             if rec.image_id == image_id:
-                key = content_key(rec, manifest.exif_transpose)
                 refs.setdefault(key, ImageRef(key, rec, manifest))
     if not refs:
-        raise NotInStoreError(f"no dataset in {store.path} lists an image {image_id!r}")
-    with_outputs = [r for r in refs.values() if any(keys_holding(store, s, r.key) for s in (*STAGE_PARAMS, LABELS))]
+        raise NotInStoreError(f"no dataset in {store.url} lists an image {image_id!r}")
+    with_outputs = [r for r in refs.values() if any(keys_holding(store, s, r.key) for s in (*IMAGE_STAGES, LABELS))]
     return (with_outputs or list(refs.values()))[0]
 
 
 def keys_holding(store: Store, stage: str, image_key: str) -> list[str]:
-    """The keys of ``stage`` with an item for ``image_key``."""
+    """The keys of ``stage`` with an output for ``image_key``."""
     return [k for k in store.list_keys(stage) if store.has_item(stage, k, image_key)]
 
 
@@ -86,43 +72,53 @@ def resolve_version(store: Store, ref: str, kinds: tuple[str, ...] | None = None
     if len(matches) != 1:
         known = ", ".join(f"{v.id} ({v.kind})" for v in list_versions(store)) or "none"
         what = "no version" if not matches else f"{len(matches)} versions"
-        raise NotInStoreError(f"{what} matching {ref!r} in {store.path}; versions: {known}")
+        raise NotInStoreError(f"{what} matching {ref!r} in {store.url}; versions: {known}")
     v = matches[0]
     if kinds is not None and v.kind not in kinds:
         raise NotInStoreError(f"version {v.id} is a {v.kind} version; expected {' or '.join(kinds)}")
     return v
 
 
+def as_published(store: Store, version: VersionInfo) -> Store:
+    """``store`` read-only as of the commit that published ``version``: what the version shows, whatever
+    was written since."""
+    return store if store.version_id == version.id else store.at_version(version.id)
+
+
 def latest_labels_version(store: Store, kind: str, image: ImageRef) -> VersionInfo:
     """The newest ``kind`` version with a label map of ``image``."""
-    found = [v for v in list_versions(store, kind) if store.has_item(LABELS, v.id, image.key)]
+    found = [v for v in list_versions(store, kind) if as_published(store, v).has_item(LABELS, v.id, image.key)]
     if not found:
         raise NotInStoreError(
-            f"no {kind} version in {store.path} holds a label map of image {image.image_id!r} (key {image.key})"
+            f"no {kind} version in {store.url} holds a label map of image {image.image_id!r} (key {image.key})"
         )
     return found[-1]
 
 
-def stage_key(store: Store, stage: str, image_key: str, key: str | None = None) -> str:
-    """The ``stage`` key holding ``image_key``'s item: ``key`` when given, else the only one, else the one
-    named by the newest version that used one."""
-    holding = keys_holding(store, stage, image_key)
+def stage_key(store: Store, stage: str, image_key: str, key: str | None = None,
+              having: Callable[[str], bool] | None = None, what: str | None = None) -> str:
+    """The ``stage`` key holding ``image_key``'s output: ``key`` (a key or a unique prefix) when given, else
+    the only one, else the one named by the newest version that used one. With ``having``, only keys for
+    which it is true count (``what`` names them in messages, e.g. "features keys with saliency")."""
+    keys = [k for k in store.list_keys(stage) if having is None or having(k)]
+    what = what or f"{stage} keys"
+    holding = [k for k in keys if store.has_item(stage, k, image_key)]
     if key is not None:
-        matches = [k for k in store.list_keys(stage) if k.startswith(key)]
+        matches = [k for k in keys if k.startswith(key)]
         if len(matches) != 1:
-            raise NotInStoreError(f"{len(matches)} {stage} keys match {key!r}; keys: {store.list_keys(stage)}")
+            raise NotInStoreError(f"{len(matches)} {what} match {key!r}; keys: {keys}")
         if matches[0] not in holding:
-            raise NotInStoreError(f"{stage}/{matches[0]} has no item for image key {image_key}")
+            raise NotInStoreError(f"{stage}/{matches[0]} has no output for image key {image_key}")
         return matches[0]
     if len(holding) == 1:
         return holding[0]
     if not holding:
-        raise NotInStoreError(f"no {stage} item for image key {image_key} in {store.path}")
+        raise NotInStoreError(f"no {what} hold image key {image_key} in {store.url}")
     param = STAGE_PARAMS.get(stage)
     for v in reversed(list_versions(store)):
         if v.params.get(param) in holding:
             return v.params[param]
-    raise NotInStoreError(f"several {stage} keys hold image key {image_key}: {holding}; choose one with --key")
+    raise NotInStoreError(f"several {what} hold image key {image_key}: {holding}; choose one with --key")
 
 
 def class_names_of(store: Store, version: VersionInfo, fallback: Manifest) -> list[str]:

@@ -1,25 +1,31 @@
-"""A store as a printed tree: groups, arrays (dims, shape, chunks, dtype, bytes on disk and in memory),
-dataset manifests and versions. Reads only the Zarr metadata files and file sizes, never array data.
+"""A store as a printed tree: dataset manifests, the per-image stage keys (how many images have an output,
+each array's dims, shape, chunks, dtype, bytes stored and in memory), the label maps of versions, and the
+versions with their tags. Reads the Zarr metadata and the small per-image bookkeeping arrays (which
+images have an output, their valid extents), never the data arrays.
 
-Per-image stage groups (``<stage>/<key>/<image>``) are summarised into one block per key unless every
-item is asked for.
+A per-image group (``<stage>/<key>``, ``labels/<version id>``) holds every image of the collection along
+an ``image`` dimension; its bookkeeping arrays (``image``, ``content_sha256``, ``offset``, ``count``,
+``<name>_shape``, ``<element>_image``) are listed only when every image is asked for.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+import zarr
 
+from maskbank.storage import layout
 from maskbank.storage.store import Store
-from maskbank.storage.versions import VERSIONS, VersionInfo, list_versions
+from maskbank.storage.versions import VersionInfo, list_versions
 
-DATASETS = "datasets"
 _INDENT = "  "
+BOOKKEEPING = frozenset({"image", "content_sha256", "offset", "count"})
+SCHEMA_ATTR = "maskbank_schema"
+USERS_SHOWN = 3
+"""Versions named in a stage key's "used by" note; the rest are counted."""
 
 
 @dataclass(frozen=True)
@@ -31,28 +37,28 @@ class ArrayInfo:
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
     dtype: str
-    disk_bytes: int
+    stored_bytes: int | None
+    """Bytes of its chunks and metadata in the store (``None`` when the store cannot tell)."""
     memory_bytes: int | None
     """``None`` for variable-length strings."""
 
     @classmethod
-    def read(cls, directory: Path) -> ArrayInfo:
-        meta = _json(directory / "zarr.json")
-        shape = tuple(meta["shape"])
-        chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
-        dtype = meta["data_type"] if isinstance(meta["data_type"], str) else json.dumps(meta["data_type"])
+    def read(cls, name: str, array: zarr.Array) -> ArrayInfo:
+        string = isinstance(array.dtype, np.dtypes.StringDType) or array.dtype.kind in "OTU"
+        dtype = "string" if string else str(array.dtype)
+        memory = None if string else int(array.nbytes)
         try:
-            itemsize = np.dtype(dtype).itemsize
-        except TypeError:
-            itemsize = None
-        memory = None if itemsize is None or dtype == "string" else int(np.prod(shape, dtype=np.int64)) * itemsize
-        dims = tuple(meta.get("dimension_names") or (f"dim_{i}" for i in range(len(shape))))
-        return cls(directory.name, dims, shape, chunks, dtype, _chunk_bytes(directory), memory)
+            stored = int(array.nbytes_stored())
+        except Exception:  # a store that cannot size its objects
+            stored = None
+        shape = tuple(int(n) for n in array.shape)
+        dims = tuple(array.metadata.dimension_names or (f"dim_{i}" for i in range(len(shape))))
+        return cls(name, dims, shape, tuple(int(c) for c in array.chunks), dtype, stored, memory)
 
 
-def item_arrays(directory: Path) -> list[ArrayInfo]:
-    """The arrays directly inside a group directory, by name."""
-    return [ArrayInfo.read(directory / n) for n in _children(directory) if _node_type(directory / n) == "array"]
+def group_arrays(group: zarr.Group) -> list[ArrayInfo]:
+    """The arrays directly inside a group, by name."""
+    return [ArrayInfo.read(name, a) for name, a in sorted(group.arrays())]
 
 
 def human_bytes(n: int | None) -> str:
@@ -65,17 +71,27 @@ def human_bytes(n: int | None) -> str:
 
 
 def store_tree(store: Store, show_all: bool = False) -> Iterator[str]:
-    """Lines of the tree of ``store``; per-image stage keys are summarised unless ``show_all``."""
-    versions = list_versions(store)
-    yield f"{store.path}  maskbank store, {human_bytes(_tree_bytes(store.path))} on disk"
-    for top in store.list_groups():
+    """Lines of the tree of ``store`` (as of its version when it was opened at one); with ``show_all``
+    every image of each per-image group and the bookkeeping arrays too."""
+    root = store.root()
+    present = set(root.group_keys())
+    in_snapshot = set(store.list_groups(layout.VERSIONS))
+    versions = [v for v in list_versions(store) if v.id in in_snapshot]
+    yield _header(store)
+    order = [g for g in (layout.DATASETS, *layout.IMAGE_STAGES, layout.LABELS, layout.VERSIONS) if g in present]
+    image_ids = _image_ids(store) if show_all else {}
+    for top in order + sorted(present - set(order)):
         yield f"{top}/"
-        if top == DATASETS:
+        if top == layout.DATASETS:
             yield from _datasets(store)
-        elif top == VERSIONS:
+        elif top == layout.VERSIONS:
             yield from _versions(store, versions)
+        elif top in (*layout.IMAGE_STAGES, layout.LABELS):
+            yield from _stage(store, root, top, versions, image_ids if show_all else None)
         else:
-            yield from _stage(store, top, versions, show_all)
+            for name in store.list_groups(top):
+                yield f"{_INDENT}{name}/"
+                yield from _array_lines(group_arrays(root[f"{top}/{name}"]), 2)
 
 
 def headline(version: VersionInfo, versions: list[VersionInfo]) -> str:
@@ -89,46 +105,113 @@ def headline(version: VersionInfo, versions: list[VersionInfo]) -> str:
         return text
     if "prototypes" in m:
         return f"{m['prototypes']} prototypes"
-    evaluations = [v for v in versions if v.kind == "evaluation" and version.id in v.parents and v.metrics]
+    evaluations = [v for v in versions if v.kind == layout.EVALUATION and version.id in v.parents and v.metrics]
     return f"evaluated: {headline(evaluations[-1], versions)}" if evaluations else ""
+
+
+def _header(store: Store) -> str:
+    snapshot = store.snapshot_id
+    info = store.repo.lookup_snapshot(snapshot)
+    when = info.written_at.strftime("%Y-%m-%dT%H:%M:%S")
+    if store.version_id is not None:
+        where = f"as of version {store.version_id} (snapshot {snapshot}, {when})"
+    else:
+        where = f"branch {layout.BRANCH} at snapshot {snapshot} ({when}: {info.message})"
+    size = f" ({human_bytes(_tree_bytes(store.location.path))} on disk)" if store.location.is_local else ""
+    return f"{store.url}  maskbank store{size}, {where}"
 
 
 def _datasets(store: Store) -> Iterator[str]:
     for fp in store.list_manifests():
-        path = f"{DATASETS}/{fp}/manifest"
+        path = store.manifest_path(fp)
         a = store.read_attrs(path)
         labelled = sum(lab is not None for lab in a["labels"])
-        yield (f"{_INDENT}{fp}/manifest  dataset {a['name']!r}: {len(a['image_ids'])} images ({labelled} labelled, "
+        yield (f"{_INDENT}{fp}  dataset {a['name']!r}: {len(a['image_ids'])} images ({labelled} labelled, "
                f"{sum(a['has_truth'])} with truth), {len(a['class_names'])} classes, root {a['root']}")
-        yield from _array_lines(item_arrays(store.path / path), 3)
+        yield from _array_lines(group_arrays(store.root()[path]), 2)
 
 
 def _versions(store: Store, versions: list[VersionInfo]) -> Iterator[str]:
     for v in versions:
         parents = ",".join(v.parents) or "-"
         metric = headline(v, versions)
-        yield f"{_INDENT}{v.id}  {v.kind}  created {v.created[:19]}  parents {parents}" + (f"  {metric}" if metric else "")
-        yield from _array_lines(item_arrays(store.path / v.path), 3)
+        yield (f"{_INDENT}{v.id}  {v.kind}  tag {v.tag}  created {v.created[:19]}  parents {parents}"
+               + (f"  {metric}" if metric else ""))
+        yield from _array_lines(group_arrays(store.root()[v.path]), 2)
 
 
-def _stage(store: Store, stage: str, versions: list[VersionInfo], show_all: bool) -> Iterator[str]:
+def _stage(store: Store, root: zarr.Group, stage: str, versions: list[VersionInfo],
+           image_ids: dict[str, list[str]] | None) -> Iterator[str]:
     by_id = {v.id: v for v in versions}
     for key in store.list_groups(stage):
-        base = store.path / stage / key
-        items = store.list_groups(f"{stage}/{key}")
-        arrays = [item_arrays(base / i) for i in items]
-        disk = sum(a.disk_bytes for arrs in arrays for a in arrs)
-        known = [a.memory_bytes for arrs in arrays for a in arrs if a.memory_bytes is not None]
+        group = root[f"{stage}/{key}"]
+        arrays = group_arrays(group)
+        shas = np.asarray(group["content_sha256"][...]) if "content_sha256" in group else np.zeros(0, str)
+        written = np.flatnonzero(shas != "")
+        schema = group.attrs.get(SCHEMA_ATTR) or {}
+        element = schema.get("element_dim")
+        padded = set(schema.get("padded") or ())
+        stored = [a.stored_bytes for a in arrays]
+        memory = [a.memory_bytes for a in arrays if a.memory_bytes is not None]
+        counts = np.asarray(group["count"][...]) if element and "count" in group else None
+        parts = [f"{len(written)} images"]
+        if len(shas) > len(written):
+            parts[0] += f" ({len(shas) - len(written)} rows without output)"
+        if counts is not None:
+            parts.append(f"{int(counts[written].sum())} {element}s")
+        parts += [f"{human_bytes(None if None in stored else sum(stored))} stored",
+                  f"{human_bytes(sum(memory))} in memory"]
         note = _key_note(key, by_id, versions)
-        yield (f"{_INDENT}{key}/  {len(items)} items, {human_bytes(disk)} on disk, {human_bytes(sum(known))} in memory"
-               + (f"  ({note})" if note else ""))
-        if show_all:
-            for item, arrs in zip(items, arrays):
-                source = _source(store, f"{stage}/{key}/{item}")
-                yield f"{_INDENT * 2}{item}" + (f"  {source}" if source else "")
-                yield from _array_lines(arrs, 3)
-        else:
-            yield from _summary_lines(arrays, 2)
+        yield f"{_INDENT}{key}/  " + ", ".join(parts) + (f"  ({note})" if note else "")
+        extents = {name: np.asarray(group[f"{name}_shape"][...])[written] for name in padded
+                   if f"{name}_shape" in group}
+        for a in arrays:
+            if image_ids is None and _bookkeeping(a.name, padded, element):
+                continue
+            yield _array_line(a, 2) + (_extent(a, extents[a.name]) if a.name in extents else "")
+        if image_ids is not None:
+            yield from _images(group, written, counts, extents, element, image_ids)
+
+
+def _images(group: zarr.Group, written: np.ndarray, counts: np.ndarray | None, extents: dict[str, np.ndarray],
+            element: str | None, image_ids: dict[str, list[str]]) -> Iterator[str]:
+    """One line per image with an output: its content key, the dataset images it is, and its size."""
+    yield f"{_INDENT * 2}images:"
+    keys = np.asarray(group["image"][...])[written].tolist()
+    sources = np.asarray(group["source_image_id"][...])[written].tolist() if "source_image_id" in group else None
+    for i, key in enumerate(keys):
+        ids = image_ids.get(key) or ([sources[i]] if sources else [])
+        parts = [f"image {', '.join(ids)}" if ids else "in no recorded dataset"]
+        if counts is not None:
+            parts.append(f"{int(counts[written[i]])} {element}s")
+        parts += [f"{name} {'x'.join(str(int(n)) for n in shape[i])}" for name, shape in extents.items()]
+        yield f"{_INDENT * 3}{key}  " + "  ".join(parts)
+
+
+def _bookkeeping(name: str, padded: set[str], element: str | None) -> bool:
+    return (name in BOOKKEEPING or (name.endswith("_shape") and name[: -len("_shape")] in padded)
+            or (element is not None and name == f"{element}_image"))
+
+
+def _extent(a: ArrayInfo, shapes: np.ndarray) -> str:
+    """The range of the valid extent of a padded per-image array over its images."""
+    if not len(shapes):
+        return ""
+    lengths = []
+    for d, lo, hi in zip(a.dims[1:], shapes.min(0), shapes.max(0)):
+        lengths.append(f"{d}={lo}" if lo == hi else f"{d}={lo}..{hi}")
+    return "  padded; per image " + ", ".join(lengths)
+
+
+def _image_ids(store: Store) -> dict[str, list[str]]:
+    """Content key -> the dataset image ids recorded with it (over every manifest)."""
+    out: dict[str, list[str]] = {}
+    for fp in store.list_manifests():
+        a = store.read_attrs(store.manifest_path(fp))
+        for image_id, key in zip(a["image_ids"], a["image_keys"]):
+            if image_id not in out.setdefault(key, []):
+                out[key].append(image_id)
+    return out
 
 
 def _key_note(key: str, by_id: dict[str, VersionInfo], versions: list[VersionInfo]) -> str:
@@ -136,64 +219,21 @@ def _key_note(key: str, by_id: dict[str, VersionInfo], versions: list[VersionInf
         v = by_id[key]
         return f"{v.kind} version, created {v.created[:19]}"
     users = [f"{v.kind} {v.id}" for v in versions if key in v.params.values()]
+    if len(users) > USERS_SHOWN:
+        users = users[:USERS_SHOWN] + [f"{len(users) - USERS_SHOWN} more"]
     return f"used by {', '.join(users)}" if users else ""
 
 
-def _source(store: Store, path: str) -> str:
-    attrs = store.read_attrs(path) if store.item_complete(path) else {}
-    if "source_image_id" in attrs:
-        return f"image {attrs['source_image_id']}"
-    return str(attrs.get("path", "incomplete" if not attrs else ""))
+def _array_line(a: ArrayInfo, depth: int) -> str:
+    shape = "[" + ", ".join(f"{d}={n}" for d, n in zip(a.dims, a.shape)) + "]"
+    return (f"{_INDENT * depth}{a.name:<16} {shape:<30} {a.dtype:<8} chunks {list(a.chunks)}  "
+            f"{human_bytes(a.stored_bytes)} stored, {human_bytes(a.memory_bytes)} in memory")
 
 
-def _array_lines(arrays: list[ArrayInfo], depth: int) -> Iterator[str]:
+def _array_lines(arrays: Sequence[ArrayInfo], depth: int) -> Iterator[str]:
     for a in arrays:
-        shape = "[" + ", ".join(f"{d}={n}" for d, n in zip(a.dims, a.shape)) + "]"
-        yield (f"{_INDENT * depth}{a.name:<16} {shape:<30} {a.dtype:<8} chunks {list(a.chunks)}  "
-               f"{human_bytes(a.disk_bytes)} on disk, {human_bytes(a.memory_bytes)} in memory")
+        yield _array_line(a, depth)
 
 
-def _summary_lines(per_item: list[list[ArrayInfo]], depth: int) -> Iterator[str]:
-    """One line per array name over all items: dims with the range of each length, dtype, total bytes."""
-    names = list(dict.fromkeys(a.name for arrs in per_item for a in arrs))
-    for name in names:
-        same = [a for arrs in per_item for a in arrs if a.name == name]
-        first = same[0]
-        lengths = []
-        for i, d in enumerate(first.dims):
-            sizes = [a.shape[i] for a in same if len(a.shape) > i]
-            lo, hi = min(sizes), max(sizes)
-            lengths.append(f"{d}={lo}" if lo == hi else f"{d}={lo}..{hi}")
-        dtypes = "/".join(dict.fromkeys(a.dtype for a in same))
-        memory = None if any(a.memory_bytes is None for a in same) else sum(a.memory_bytes for a in same)
-        shape = "[" + ", ".join(lengths) + "]"
-        yield (f"{_INDENT * depth}{name:<16} {shape:<30} {dtypes:<8} in {len(same)} items, "
-               f"{human_bytes(sum(a.disk_bytes for a in same))} on disk, {human_bytes(memory)} in memory")
-
-
-def _children(directory: Path) -> list[str]:
-    with os.scandir(directory) as entries:
-        return sorted(e.name for e in entries if e.is_dir())
-
-
-def _node_type(directory: Path) -> str | None:
-    try:
-        return _json(directory / "zarr.json").get("node_type")
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _chunk_bytes(directory: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(directory):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files if f != "zarr.json" or root != str(directory))
-    return total
-
-
-def _tree_bytes(path: Path) -> int:
+def _tree_bytes(path) -> int:
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, files in os.walk(path) for f in files)
-
-
-def _json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)

@@ -1,24 +1,24 @@
-"""``maskbank versions``: list a store's versions, and delete one explicitly.
+"""``maskbank versions``: list a store's versions, delete one explicitly, and reclaim the space of what was
+deleted.
 
-``maskbank versions STORE`` lists (same as ``maskbank versions list STORE``); ``maskbank versions delete
-STORE VERSION`` deletes a version and its label maps, refused while another version names it as a parent
-unless ``--force``.
+``maskbank versions STORE`` lists (same as ``maskbank versions list STORE``). ``maskbank versions delete
+STORE VERSION`` removes a version's tag and its groups (refused while another version names it as a parent
+unless ``--force``); its data stays in older commits until ``maskbank versions gc STORE`` expires those and
+deletes what nothing reaches any more.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from datetime import timedelta
 from typing import Annotated, Optional
 
 import click
 import typer
 from typer.core import TyperGroup
 
-from maskbank.storage.store import MissingItemError, NotAStoreError, Store
-from maskbank.storage.versions import VersionInUseError, children, delete_version, get_version, list_versions
-
-StoreArg = Annotated[Path, typer.Argument(help="Zarr store path.")]
+from maskbank.commands.stores import StoreArg, fail, open_store
+from maskbank.storage.layout import VERSION_KINDS
 
 
 class _ListByDefault(TyperGroup):
@@ -32,29 +32,23 @@ class _ListByDefault(TyperGroup):
 
 versions_app = typer.Typer(
     cls=_ListByDefault,
-    help="A store's versions: list them (default), or delete one.",
+    help="A store's versions: list them (default), delete one, or reclaim the space of deleted ones (gc).",
     no_args_is_help=True,
 )
-
-
-def _open(store: Path) -> Store:
-    try:
-        return Store.open(store, create=False)
-    except NotAStoreError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
 
 
 @versions_app.command("list")
 def list_command(
     store: StoreArg,
-    kind: Annotated[
-        Optional[str], typer.Option(help="Only this kind: pseudo_labels, bank, predictions, evaluation.")
-    ] = None,
+    kind: Annotated[Optional[str], typer.Option(help=f"Only this kind: {', '.join(VERSION_KINDS)}.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List the store's versions with their parameters, parents, time and metrics."""
-    infos = list_versions(_open(store), kind)
+    """List the store's versions with their tags, parameters, parents, time and metrics."""
+    from maskbank.storage.versions import list_versions
+
+    if kind is not None and kind not in VERSION_KINDS:
+        fail(f"unknown version kind {kind!r}; kinds are {', '.join(VERSION_KINDS)}")
+    infos = list_versions(open_store(store), kind)
     if as_json:
         typer.echo(json.dumps([v.__dict__ for v in infos], indent=2, default=str))
         return
@@ -68,7 +62,7 @@ def list_command(
             metric = f"  {v.metrics['prototypes']} prototypes"
         parents = ",".join(v.parents) or "-"
         typer.echo(f"{v.id}  {v.kind:<13} {v.created[:19]}  parents {parents}{metric}")
-        typer.echo(f"    params {json.dumps(v.params, sort_keys=True)[:300]}")
+        typer.echo(f"    tag {v.tag}  params {json.dumps(v.params, sort_keys=True)[:300]}")
 
 
 @versions_app.command("delete")
@@ -77,27 +71,58 @@ def delete_command(
     version: Annotated[str, typer.Argument(help="Version id (16 hex digits).")],
     force: Annotated[bool, typer.Option("--force", help="Delete even if other versions name it as a parent.")] = False,
 ) -> None:
-    """Delete a version and its label maps; refused while other versions depend on it, unless --force."""
-    from maskbank.flows.stages.labelmaps import LABELS
+    """Delete a version: its tag, its arrays and its label maps; refused while other versions depend on it,
+    unless --force. Its data is reclaimed by `maskbank versions gc`."""
+    from maskbank.storage.layout import labels_group
+    from maskbank.storage.store import MissingItemError
+    from maskbank.storage.versions import VersionInUseError, children, delete_version, get_version
 
-    st = _open(store)
+    st = open_store(store)
     try:
-        kind = get_version(st, version).kind
+        info = get_version(st, version)
+        had_maps = st.exists(labels_group(version))
         delete_version(st, version, force=force)
     except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(e), 1)
     except MissingItemError:
-        typer.echo(f"error: no version {version} in {st.path}", err=True)
-        raise typer.Exit(1) from None
+        fail(f"no version {version} in {st.url}", 1)
     except VersionInUseError:
         users = ", ".join(children(st, version))
         typer.echo(f"refused: version {version} is a parent of {users}; pass --force to delete it anyway", err=True)
         raise typer.Exit(1) from None
-    maps = st.delete_path(f"{LABELS}/{version}")
-    typer.echo(f"deleted {kind} version {version}" + (" and its label maps" if maps else ""))
+    typer.echo(f"deleted {info.kind} version {version} (tag {info.tag})" + (" and its label maps" if had_maps else ""))
+    typer.echo(f"its data stays in older commits until `maskbank versions gc {st.url}` reclaims it")
+
+
+@versions_app.command("gc")
+def gc_command(
+    store: StoreArg,
+    older_than: Annotated[float, typer.Option(help="Expire commits, and delete unreachable data, older than this many hours.", min=0.0)] = 24.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be deleted now; expire and delete nothing.")] = False,
+) -> None:
+    """Reclaim space: expire the commits older than --older-than that no version tag or branch points at,
+    then delete every chunk, manifest and commit that nothing reaches any more (deleted versions, replaced
+    outputs). Data younger than --older-than is kept, so a run writing meanwhile loses nothing."""
+    from maskbank.storage.versions import collect_garbage
+
+    st = open_store(store)
+    done = collect_garbage(st, timedelta(hours=older_than), dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    if not dry_run:
+        typer.echo(f"expired {done['snapshots_expired']} commits older than {older_than:g} h")
+    typer.echo(f"{verb} {done['chunks_deleted']} chunks, {done['manifests_deleted']} manifests, "
+               f"{done['snapshots_deleted']} commits: {_bytes(done['bytes_deleted'])}")
+    if dry_run:
+        typer.echo("(a dry run expires no commits, so it counts only what no commit reaches already; "
+                   "a real run also frees the data that only the expired commits reach)")
+
+
+def _bytes(n: int) -> str:
+    from maskbank.commands.tree import human_bytes
+
+    return human_bytes(n)
 
 
 def register(app: typer.Typer) -> None:
-    """Mount ``maskbank versions`` (list, delete) on ``app``."""
+    """Mount ``maskbank versions`` (list, delete, gc) on ``app``."""
     app.add_typer(versions_app, name="versions")
