@@ -3,7 +3,7 @@
     ingest -> propose -> embed -> pool -> seed (pseudo-labels) -> evaluate
                                            \\-> bank -> retrieve (new images) -> evaluate
 
-Every stage is a cached Prefect task over small references; arrays live in the Zarr store. A rerun with
+Every stage is a cached Prefect task over small references; arrays live in the store. A rerun with
 nothing changed is served from the cache; a changed parameter or stage code reruns that stage and what
 follows; new images get proposals and features of their own only.
 """
