@@ -133,7 +133,7 @@ def label_images(
     if target is not None:
         predictions = checked(retrieve, version_complete, store=store, targets=target, bank_version=bank,
                               proposals_key=pk, pooled_key=plk, params=p.retrieve, skip=skip,
-                              verify=verify)
+                              device=device, verify=verify)
         clock.lap("retrieve")
         pred_eval = _evaluate(store, targets, target, predictions, verify)
         clock.lap("evaluate")

@@ -71,7 +71,6 @@ class RetrieveParams(_Params):
     k: int = Field(25, ge=1, description="Neighbours of the 'majority' and 'knn_weighted' rules (ModuSeg: 25).")
     k_per_class: int = Field(5, ge=1, description="Prototypes averaged per class by 'class_balanced'.")
     nms_iou: float = Field(0.4, ge=0, le=1, description="Per-class mask NMS before painting (ModuSeg: 0.4).")
-    device: str = Field("auto", description="'auto' uses CUDA when present.")
 
 
 class RunParams(_Params):

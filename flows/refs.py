@@ -20,7 +20,8 @@ class DatasetRef(_Ref):
     image_keys: list[str]
     """Content key of each image (file hash): per-image outputs are stored under it, shared across datasets."""
     paths: list[str]
-    exif_transpose: bool
+    exif_transpose: list[bool]
+    """Whether each image is read with its EXIF orientation applied (a property of the dataset it came from)."""
     labels: list[list[int] | None]
     """Class indices of each image (no background); None for unlabelled images."""
     has_truth: list[bool]

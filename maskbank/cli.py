@@ -80,14 +80,18 @@ def run(
     points_per_side: Optional[int] = typer.Option(None, help="SAM point prompts per side."),
     input_size: Optional[int] = typer.Option(None, help="SAM encoder input size (512 or 1024)."),
     rule: Optional[str] = typer.Option(None, help="Retrieval rule: class_balanced, majority, knn_weighted."),
-    k: Optional[int] = typer.Option(None, help="k of the majority / knn_weighted rules."),
+    k: Optional[int] = typer.Option(None, help="k of the retrieval rule in use: neighbours of majority / knn_weighted, prototypes averaged per class of class_balanced."),
     shard_size: Optional[int] = typer.Option(None, help="Images per cached task."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     verify: bool = typer.Option(False, help="Check every stored output used against its content hash; recompute damaged ones."),
 ) -> None:
     """Pseudo-label the labelled datasets and label the targets by retrieval (runs the flow locally)."""
-    params = _params(params_file, {"propose.points_per_side": points_per_side, "propose.input_size": input_size,
-                                   "retrieve.rule": rule, "retrieve.k": k, "shard_size": shard_size})
+    overrides = {"propose.points_per_side": points_per_side, "propose.input_size": input_size,
+                 "retrieve.rule": rule, "shard_size": shard_size}
+    params = _params(params_file, overrides)
+    if k is not None:  # the k of the rule that will run
+        field = "k_per_class" if params.retrieve.rule == "class_balanced" else "k"
+        params = _params(params_file, {**overrides, f"retrieve.{field}": k})
     summary = _label(datasets=[_dataset(p, bank_split) for p in bank], store=checked_location(store),
                      targets=[_dataset(p, target_split) for p in target] or None, params=params, device=device,
                      verify=verify)

@@ -41,7 +41,7 @@ class ImageJob(BaseModel):
 
 def jobs_of(ref: DatasetRef, indices: Iterable[int] | None = None) -> list[ImageJob]:
     idx = range(len(ref.image_ids)) if indices is None else indices
-    return [ImageJob(key=ref.image_keys[i], path=ref.paths[i], exif_transpose=ref.exif_transpose) for i in idx]
+    return [ImageJob(key=ref.image_keys[i], path=ref.paths[i], exif_transpose=ref.exif_transpose[i]) for i in idx]
 
 
 def unique_jobs(jobs: Iterable[ImageJob]) -> list[ImageJob]:

@@ -65,7 +65,7 @@ def ingest(dataset: DatasetInput, store: str, verify: bool = False) -> DatasetRe
     return DatasetRef(
         store=st.url, fingerprint=fp, name=ds.name, class_names=ds.class_names,
         image_ids=ds.image_ids, image_keys=keys, paths=[str(Path(r.path)) for r in ds.records],
-        exif_transpose=ds.exif_transpose, labels=[None if r.labels is None else list(r.labels) for r in ds.records],
+        exif_transpose=[ds.exif_transpose] * len(ds.records), labels=[None if r.labels is None else list(r.labels) for r in ds.records],
         has_truth=[r.has_truth for r in ds.records], skipped=list(ds.skipped), notes=list(ds.notes),
     )
 
@@ -91,7 +91,7 @@ def combine(refs: list[DatasetRef]) -> DatasetRef:
     return DatasetRef(
         store=first.store, fingerprint=digest(sorted(r.fingerprint for r in refs))[:64],
         name="+".join(r.name for r in refs), class_names=first.class_names, image_ids=ids,
-        image_keys=cat("image_keys"), paths=cat("paths"), exif_transpose=first.exif_transpose,
+        image_keys=cat("image_keys"), paths=cat("paths"), exif_transpose=cat("exif_transpose"),
         labels=cat("labels"), has_truth=cat("has_truth"), skipped=cat("skipped"), notes=cat("notes"),
         parts=[r.fingerprint for r in refs],
     )

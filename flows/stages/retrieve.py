@@ -26,7 +26,7 @@ MODULES = ("maskbank.tasks.retrieve", "maskbank.tasks.paint", __name__)
 @cached_task("retrieve", MODULES)
 def retrieve(
     store: str, targets: DatasetRef, bank_version: VersionRef, proposals_key: str, pooled_key: str,
-    params: RetrieveParams, restrict: bool = False, skip: list[str] | None = None,
+    params: RetrieveParams, restrict: bool = False, skip: list[str] | None = None, device: str = "auto",
 ) -> VersionRef:
     """Label maps for the target images by retrieval against ``bank_version``."""
     st = Store.open(store, create=False)
@@ -34,7 +34,7 @@ def retrieve(
     if restrict:
         rows = [i for i in rows if targets.labels[i] is not None]
     keys = [targets.image_keys[i] for i in rows]
-    vparams = {"retrieve": params.model_dump(exclude={"device"}), "restrict": restrict, "proposals": proposals_key,
+    vparams = {"retrieve": params.model_dump(), "restrict": restrict, "proposals": proposals_key,
                "pooled": pooled_key, "images": digest(keys)}
     code = code_version(MODULES)
     vid = version_id(KIND, vparams, [bank_version.id], targets.fingerprints, code_version=code)
@@ -42,7 +42,7 @@ def retrieve(
         return VersionRef(store=store, id=vid, kind=KIND)
 
     bank = load_bank(st, bank_version.id)
-    index = BankIndex(bank, device=None if params.device == "auto" else params.device)
+    index = BankIndex(bank, device=device)
     k = params.k if params.rule != "class_balanced" else params.k_per_class
     n_cls = bank.num_classes
     all_labels, all_scores, all_images = [], [], []
