@@ -102,8 +102,7 @@ def write_images(
     """
     outputs = [_checked(o, schema) for o in outputs]
     group = _open_or_create(root, path, schema, outputs, attrs)
-    keys, shas = index(group) if index is not None else (
-        np.asarray(group[IMAGE][...]).tolist(), np.asarray(group[SHA][...]).tolist())
+    keys, shas = (index or key_lists)(group)
     row_of = {k: i for i, k in enumerate(keys)}
     todo: list[tuple[int, ImageOutput]] = []
     n = len(keys)
@@ -127,7 +126,7 @@ def write_images(
         if schema.is_element(name):
             continue
         z = group[name]
-        values = [_pad(normalise(name, o.arrays[name]), z.shape[1:], z.fill_value) for _, o in todo]
+        values = [_pad(o.arrays[name], z.shape[1:], z.fill_value) for _, o in todo]
         _write_rows(z, rows, values)
         if name in schema.padded:
             _write_rows(group[f"{name}_shape"], rows, [np.array(o.arrays[name].shape, np.int32) for _, o in todo])
@@ -145,8 +144,7 @@ def drop_images(root: zarr.Group, path: str, keys: Sequence[str]) -> list[str]:
         return []
     index = written_rows(group)
     rows = sorted(index[k] for k in set(keys) if k in index)
-    for r in rows:
-        group[SHA][r] = ""
+    _write_rows(group[SHA], rows, [np.array("", dtype=np.dtypes.StringDType())] * len(rows))
     return [k for k in keys if k in index]
 
 
@@ -291,10 +289,14 @@ def _pad(a: np.ndarray, shape: tuple[int, ...], fill) -> np.ndarray:
 # ----- reading --------------------------------------------------------------------------------------
 
 
+def key_lists(group: zarr.Group) -> tuple[list[str], list[str]]:
+    """The group's ``image`` and ``content_sha256`` values, read whole."""
+    return np.asarray(group[IMAGE][...]).tolist(), np.asarray(group[SHA][...]).tolist()
+
+
 def written_rows(group: zarr.Group) -> dict[str, int]:
     """Content key -> row of every image with an output in the group."""
-    keys = np.asarray(group[IMAGE][...]).tolist()
-    shas = np.asarray(group[SHA][...]).tolist()
+    keys, shas = key_lists(group)
     return {k: i for i, (k, s) in enumerate(zip(keys, shas)) if s}
 
 

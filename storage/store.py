@@ -32,7 +32,8 @@ from maskbank.storage.arrays import (
 )
 from maskbank.storage.datasets.manifest import Dataset, ImageRecord
 from maskbank.storage.image_arrays import (
-    IMAGE, SHA, ImageOutput, MissingImageError, Schema, drop_images, read_elements, read_image, write_images,
+    IMAGE, SHA, ImageOutput, MissingImageError, Schema, drop_images, key_lists, read_elements, read_image,
+    write_images,
 )
 from maskbank.storage.layout import BRANCH, FEATURES, LABELS, POOLED, PROPOSALS, STORE_FORMAT
 from maskbank.storage.location import Location, LocationError, parse_location
@@ -123,10 +124,15 @@ class Store:
     def at_version(self, version_id: str) -> Self:
         """This store read-only as of the commit that published ``version_id``."""
         layout.checked_version_id(version_id)
-        tags = [t for t in self.repo.list_tags() if (layout.parse_version_tag(t) or ("", ""))[1] == version_id]
+        tags = [t for t, v in self.version_tags().items() if v == version_id]
         if not tags:
             raise MissingItemError(f"no version {version_id} in {self.url}")
         return type(self)(self.location, self.repo, self.repo.lookup_tag(tags[0]), version_id)
+
+    def version_tags(self) -> dict[str, str]:
+        """Version tag -> version id, for every published version (tags that are not versions left out)."""
+        parsed = {t: layout.parse_version_tag(t) for t in self.repo.list_tags()}
+        return {t: p[1] for t, p in parsed.items() if p is not None}
 
     @property
     def url(self) -> str:
@@ -163,12 +169,14 @@ class Store:
     def transact(self, write: Callable[[zarr.Group], T], message: str, metadata: Mapping | None = None) -> tuple[T, str | None]:
         """Run ``write(root group)`` in one transaction (see :func:`~maskbank.storage.repository.transact`);
         returns its result and the commit's snapshot id (None when nothing changed)."""
+        return self._transact_session(lambda s: write(zarr.open_group(s.store, mode="r+")), message, metadata)
+
+    def _transact_session(self, write: Callable[[icechunk.Session], T], message: str,
+                          metadata: Mapping | None = None) -> tuple[T, str | None]:
+        """:meth:`transact` with ``write`` given the writable session itself."""
         if self.read_only:
             raise PermissionError(f"{self.url} is open read-only at version {self.version_id}")
-        result, snapshot = transact(
-            self.repo, self.location, lambda s: write(zarr.open_group(s.store, mode="r+")), message,
-            plain_json(dict(metadata or {})),
-        )
+        result, snapshot = transact(self.repo, self.location, write, message, plain_json(dict(metadata or {})))
         self.refresh()
         return result, snapshot
 
@@ -329,8 +337,6 @@ class Store:
         if not outputs:
             return []
         path = layout.stage_group(stage, key)
-        if self.read_only:
-            raise PermissionError(f"{self.url} is open read-only at version {self.version_id}")
 
         def write(session: icechunk.Session) -> list[str]:
             def index(group: zarr.Group) -> tuple[list[str], list[str]]:
@@ -339,9 +345,8 @@ class Store:
             return write_images(zarr.open_group(session.store, mode="r+"), path, schema, outputs, overwrite, attrs,
                                 index)
 
-        written, _ = transact(self.repo, self.location, write, f"{stage} {key[:12]}: {len(outputs)} image(s)",
-                              {"stage": stage, "key": key})
-        self.refresh()
+        written, _ = self._transact_session(write, f"{stage} {key[:12]}: {len(outputs)} image(s)",
+                                            {"stage": stage, "key": key})
         return written
 
     def read_image(self, stage: str, key: str, image_key: str, verify: bool = True) -> ImageOutput:
@@ -603,7 +608,7 @@ class _RowIndex:
         if cached is not None and cached[0] != snapshot:
             cached = self._update(repo, group, path, cached, snapshot)
         if cached is None or cached[0] != snapshot:
-            cached = (snapshot, np.asarray(group[IMAGE][...]).tolist(), np.asarray(group[SHA][...]).tolist())
+            cached = (snapshot, *key_lists(group))
         with self._lock:
             self._cache[(url, path)] = cached
             if len(self._cache) > 256:

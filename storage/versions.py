@@ -22,7 +22,7 @@ import icechunk
 import numpy as np
 
 from maskbank.storage.arrays import plain_json
-from maskbank.storage.layout import labels_group, parse_version_tag, version_group, version_tag
+from maskbank.storage.layout import labels_group, version_group, version_tag
 from maskbank.storage.store import Item, MissingItemError, Store
 
 _ATTRS = ("kind", "params", "parents", "datasets", "code_version", "created", "metrics")
@@ -81,7 +81,7 @@ def publish_version(
 ) -> VersionInfo:
     """Publish a version once (commit and tag); an existing id is returned as it is. Parents must exist."""
     vid = version_id(kind, params, parents, datasets, code_version=code_version)
-    existing = _tags(store)
+    existing = store.version_tags()
     if vid in existing.values():
         return get_version(store, vid)
     missing = [p for p in parents if p not in existing.values()]
@@ -105,7 +105,7 @@ def publish_version(
             store.repo.create_tag(tag, snapshot)
             break
         except icechunk.IcechunkError:
-            if vid in _tags(store).values():  # a concurrent publisher tagged it
+            if vid in store.version_tags().values():  # a concurrent publisher tagged it
                 break
             # else the name belonged to a deleted publication of this version: take the next one
     return get_version(store, vid)
@@ -113,7 +113,7 @@ def publish_version(
 
 def get_version(store: Store, version_id: str) -> VersionInfo:
     """The version's info (as published); raises :class:`MissingItemError` when it is not published."""
-    tag = next((t for t, v in _tags(store).items() if v == version_id), "")
+    tag = next((t for t, v in store.version_tags().items() if v == version_id), "")
     return _info(version_id, _at(store, version_id).read_attrs(version_group(version_id)), tag)
 
 
@@ -123,13 +123,13 @@ def read_version(store: Store, version_id: str, verify: bool = True) -> Item:
 
 
 def version_exists(store: Store, version_id: str) -> bool:
-    return version_id in _tags(store).values()
+    return version_id in store.version_tags().values()
 
 
 def list_versions(store: Store, kind: str | None = None) -> list[VersionInfo]:
     """Published versions (of ``kind``), oldest first."""
     infos = []
-    for tag, vid in _tags(store).items():
+    for tag, vid in store.version_tags().items():
         try:
             info = _info(vid, _at(store, vid).read_attrs(version_group(vid)), tag)
         except (MissingItemError, ValueError):
@@ -149,7 +149,7 @@ def delete_version(store: Store, version_id: str, force: bool = False) -> None:
     unless ``force``. Its data is reclaimed by :func:`collect_garbage`."""
     if store.read_only:
         raise PermissionError(f"{store.url} is open read-only at version {store.version_id}")
-    tags = [t for t, v in _tags(store).items() if v == version_id]
+    tags = [t for t, v in store.version_tags().items() if v == version_id]
     if not tags:
         raise MissingItemError(f"no version {version_id} in {store.url}")
     users = children(store, version_id)
@@ -171,16 +171,6 @@ def collect_garbage(store: Store, older_than: timedelta = timedelta(days=1), dry
     return {"snapshots_expired": len(expired), "chunks_deleted": summary.chunks_deleted,
             "manifests_deleted": summary.manifests_deleted, "snapshots_deleted": summary.snapshots_deleted,
             "bytes_deleted": summary.bytes_deleted}
-
-
-def _tags(store: Store) -> dict[str, str]:
-    """Version tag -> version id."""
-    out = {}
-    for t in store.repo.list_tags():
-        parsed = parse_version_tag(t)
-        if parsed is not None:
-            out[t] = parsed[1]
-    return out
 
 
 def _at(store: Store, version_id: str) -> Store:
