@@ -11,18 +11,21 @@ follows; new images get proposals and features of their own only.
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 from prefect import flow, get_run_logger
+from prefect.task_runners import TaskRunner
 from pydantic import BaseModel, Field
 
 from maskbank.flows.credentials import load_credentials
+from maskbank.flows.execution import DEFAULT_WORKERS, check_scheduler, shard_runner
 from maskbank.flows.params import RunParams
 from maskbank.flows.progress import StageProgress
 from maskbank.flows.refs import DatasetRef, ShardRef, VersionRef
 from maskbank.flows.report import publish_run_report
 from maskbank.flows.stages.bank import build_bank
 from maskbank.flows.stages.common import (
-    ImageJob, checked, jobs_of, shard_complete, shards, unique_jobs, version_complete,
+    ImageJob, checked, checked_shards, jobs_of, shards, unique_jobs, version_complete,
 )
 from maskbank.flows.stages.embed import embed_shard, features_key
 from maskbank.flows.stages.evaluate import evaluate
@@ -62,13 +65,10 @@ class _StageClock:
         self._last = now
 
 
-def _per_image(stage: str, task_fn, jobs: list[ImageJob], shard_size: int, **kwargs) -> list[ShardRef]:
-    refs = []
+def _per_image(stage: str, task_fn, jobs: list[ImageJob], shard_size: int, runner: TaskRunner,
+               **kwargs) -> list[ShardRef]:
     with StageProgress(stage, len(jobs)) as progress:
-        for shard in shards(jobs, shard_size):
-            refs.append(checked(task_fn, shard_complete, jobs=shard, **kwargs))
-            progress.advance(len(shard))
-    return refs
+        return checked_shards(stage, task_fn, shards(jobs, shard_size), runner, progress.advance, **kwargs)
 
 
 @flow(name="maskbank-label", log_prints=True)
@@ -80,6 +80,8 @@ def label_images(
     device: str = "auto",
     verify: bool = False,
     credentials: str | None = None,
+    workers: Annotated[int, Field(ge=1)] = DEFAULT_WORKERS,
+    dask: str | None = None,
 ) -> RunSummary:
     """Pseudo-label ``datasets`` (images with image-level labels) and, by retrieval, label ``targets``.
 
@@ -93,8 +95,15 @@ def label_images(
             mark) and recompute the damaged ones.
         credentials: name of a Prefect Secret block holding the environment variables that reach an
             object-storage store (AWS_ACCESS_KEY_ID, ...); without it they come from the environment.
+        workers: shards of the per-image stages (propose, embed, pool) run at once in this many threads of
+            the flow's process, each with an equal share of the cores.
+        dask: address of a running Dask scheduler (tcp://host:8786) whose workers run those shards instead;
+            they need maskbank installed, this run's Prefect API and result storage, and the store.
     """
     log = get_run_logger()
+    if dask:
+        dask, cluster_workers = check_scheduler(dask)
+        log.info("per-image shards run on the Dask cluster at %s (%d workers now)", dask, cluster_workers)
     load_credentials(credentials)
     clock = _StageClock()
     labelled = combine([ingest(d, store, verify) for d in datasets])
@@ -107,19 +116,20 @@ def label_images(
 
     p = params
     pk, fk = proposals_key(p.propose), features_key(p.embed)
-    proposals = _per_image("propose", propose_shard, jobs, p.shard_size, store=store, key=pk, params=p.propose,
-                           device=device, verify=verify)
-    clock.lap("propose")
-    features = _per_image("embed", embed_shard, jobs, p.shard_size, store=store, key=fk, params=p.embed,
-                          device=device, verify=verify)
-    clock.lap("embed")
-    skipped = sorted({s for r in proposals + features for s in r.skipped})
-    skip = sorted({k for k, _ in skipped})
-    ok_jobs = [j for j in jobs if j.key not in skip]
-    plk = pooled_key(pk, fk)
-    pooled = _per_image("pool", pool_shard, ok_jobs, p.shard_size, store=store, key=plk, proposals_key=pk,
-                        features_key=fk, verify=verify)
-    clock.lap("pool")
+    with shard_runner(workers, dask) as runner:
+        proposals = _per_image("propose", propose_shard, jobs, p.shard_size, runner, store=store, key=pk,
+                               params=p.propose, device=device, verify=verify)
+        clock.lap("propose")
+        features = _per_image("embed", embed_shard, jobs, p.shard_size, runner, store=store, key=fk,
+                              params=p.embed, device=device, verify=verify)
+        clock.lap("embed")
+        skipped = sorted({s for r in proposals + features for s in r.skipped})
+        skip = sorted({k for k, _ in skipped})
+        ok_jobs = [j for j in jobs if j.key not in skip]
+        plk = pooled_key(pk, fk)
+        pooled = _per_image("pool", pool_shard, ok_jobs, p.shard_size, runner, store=store, key=plk,
+                            proposals_key=pk, features_key=fk, verify=verify)
+        clock.lap("pool")
 
     pseudo = checked(seed_collection, version_complete, store=store, collection=labelled, proposals_key=pk,
                      pooled_key=plk, params=p.seed, skip=skip, device=device, verify=verify)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import lru_cache, update_wrapper
 
 from maskbank.flows.params import EmbedParams, ProposeParams
 from maskbank.storage.weights import fetch, get_checkpoint
@@ -28,9 +32,69 @@ def proposer_config(params: ProposeParams, device: str = "auto") -> ProposerConf
     )
 
 
-@lru_cache(maxsize=2)
+class _PerThread:
+    """``build(*args)`` kept for reuse, one instance per running thread, for models that keep per-image state
+    while they run: a thread keeps the instance it got until it ends, and the instance then waits for the
+    next thread that asks. At most ``maxsize`` argument lists are kept."""
+
+    def __init__(self, build: Callable, maxsize: int) -> None:
+        self._build, self._maxsize = build, maxsize
+        self._lock = threading.Lock()
+        self._spare: OrderedDict[tuple, list] = OrderedDict()
+        self._local = threading.local()
+        update_wrapper(self, build)
+
+    def __call__(self, *args, **kwargs):
+        key = (args, tuple(sorted(kwargs.items())))
+        held = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = _Held(self._give_back)
+        if key in held.instances:
+            return held.instances[key]
+        with self._lock:
+            spare = self._spare.get(key)
+            instance = spare.pop() if spare else None
+        if instance is None:
+            instance = self._build(*args, **kwargs)
+        held.instances[key] = instance
+        if len(held.instances) > self._maxsize:
+            oldest = next(iter(held.instances))
+            self._give_back({oldest: held.instances.pop(oldest)})
+        return instance
+
+    def _give_back(self, instances: dict) -> None:
+        with self._lock:
+            for key, instance in instances.items():
+                self._spare.setdefault(key, []).append(instance)
+                self._spare.move_to_end(key)
+            while len(self._spare) > self._maxsize:
+                self._spare.popitem(last=False)
+
+    def cache_clear(self) -> None:
+        """Forget the spare instances and this thread's."""
+        with self._lock:
+            self._spare.clear()
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            held.instances.clear()
+
+
+class _Held:
+    """A thread's instances, handed back when the thread ends (and its thread-local data goes)."""
+
+    def __init__(self, give_back: Callable[[dict], None]) -> None:
+        self.instances: dict = {}
+        weakref.finalize(self, give_back, self.instances)
+
+
+def _per_thread(maxsize: int) -> Callable[[Callable], _PerThread]:
+    return lambda build: _PerThread(build, maxsize)
+
+
+@_per_thread(maxsize=2)
 def proposer(params: ProposeParams, device: str = "auto") -> MaskProposer:
-    """The mask proposer for ``params`` (weights fetched into the cache on first use)."""
+    """The mask proposer for ``params`` (weights fetched into the cache on first use), one per thread: it
+    holds the image it is working on."""
     ckpt = get_checkpoint(params.model)
     sam = build_sam(ckpt.role, fetch(params.model), image_size=params.input_size)
     return MaskProposer(sam, proposer_config(params, device))
@@ -38,7 +102,8 @@ def proposer(params: ProposeParams, device: str = "auto") -> MaskProposer:
 
 @lru_cache(maxsize=2)
 def extractor(params: EmbedParams, device: str = "auto") -> FeatureExtractor:
-    """The feature extractor for ``params``, with the checkpoint's saliency head when asked and present."""
+    """The feature extractor for ``params``, with the checkpoint's saliency head when asked and present; it
+    keeps no state between calls, so threads share it."""
     folder = fetch(params.model)
     head = None
     if params.saliency and (folder / SALIENCY_HEAD_FILE).is_file():

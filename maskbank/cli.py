@@ -69,6 +69,10 @@ def _print_summary(summary) -> None:
         typer.echo(f"skipped {key}: {why}", err=True)
 
 
+WORKERS_HELP = "Shards of the per-image stages run at once in this many threads (cores are shared out among them) [default: 2]."
+DASK_HELP = "Run the per-image shards on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786) instead."
+
+
 @app.command()
 def run(
     store: str = typer.Option(..., help=f"{STORE_HELP} (created if missing)."),
@@ -84,8 +88,11 @@ def run(
     shard_size: Optional[int] = typer.Option(None, help="Images per cached task."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     verify: bool = typer.Option(False, help="Check every stored output used against its content hash; recompute damaged ones."),
+    workers: Optional[str] = typer.Option(None, metavar="N", help=WORKERS_HELP),
+    dask: Optional[str] = typer.Option(None, metavar="ADDRESS", help=DASK_HELP),
 ) -> None:
     """Pseudo-label the labelled datasets and label the targets by retrieval (runs the flow locally)."""
+    execution = _execution(workers, dask)
     overrides = {"propose.points_per_side": points_per_side, "propose.input_size": input_size,
                  "retrieve.rule": rule, "shard_size": shard_size}
     params = _params(params_file, overrides)
@@ -94,12 +101,33 @@ def run(
         params = _params(params_file, {**overrides, f"retrieve.{field}": k})
     summary = _label(datasets=[_dataset(p, bank_split) for p in bank], store=checked_location(store),
                      targets=[_dataset(p, target_split) for p in target] or None, params=params, device=device,
-                     verify=verify)
+                     verify=verify, **execution)
     _print_summary(summary)
+
+
+def _execution(workers: Optional[str], dask: Optional[str]) -> dict:
+    """The flow's ``workers`` and ``dask`` parameters, checked before any work: a one-line error, exit code 2.
+    Without ``--workers`` the flow's default applies."""
+    from maskbank.flows.execution import ClusterError, WorkersError, check_scheduler, check_workers
+
+    out = {}
+    if workers is not None:
+        try:
+            out["workers"] = check_workers(int(workers))
+        except (ValueError, WorkersError):
+            fail(f"--workers must be a whole number of at least 1, got {workers!r}")
+    if dask is None:
+        return out
+    try:
+        address, _ = check_scheduler(dask)
+    except ClusterError as e:
+        fail(f"--dask: {e}")
+    return {**out, "dask": address}
 
 
 def _label(**kwargs):
     """Run the main flow; what is wrong with the datasets or the store is a one-line error, exit code 2."""
+    from maskbank.flows.execution import ClusterError
     from maskbank.flows.label import label_images
     from maskbank.flows.stages.common import DamagedStoreError
     from maskbank.storage.datasets import DatasetError
@@ -110,7 +138,7 @@ def _label(**kwargs):
 
     try:
         return label_images(**kwargs)
-    except (DatasetError, NotAStoreError, LocationError, DamagedStoreError) as e:
+    except (DatasetError, NotAStoreError, LocationError, DamagedStoreError, ClusterError) as e:
         fail(str(e))
     except IcechunkError as e:  # the store's storage refused (unreachable, no permission, no bucket)
         fail(f"store {kwargs['store']}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
@@ -120,14 +148,17 @@ def _label(**kwargs):
 def demo(
     store: str = typer.Option("maskbank-demo-store", help=f"{STORE_HELP} (created if missing)."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    workers: Optional[str] = typer.Option(None, metavar="N", help=WORKERS_HELP),
+    dask: Optional[str] = typer.Option(None, metavar="ADDRESS", help=DASK_HELP),
 ) -> None:
     """Run the whole flow on the bundled sample with the default models and print the mIoU."""
     from maskbank.flows.params import RunParams
 
+    execution = _execution(workers, dask)
     root = sample_root()
     location = checked_location(store)
     summary = _label(datasets=[_dataset(str(root), "train2017")], store=location,
-                     targets=[_dataset(str(root), "val2017")], params=RunParams(), device=device)
+                     targets=[_dataset(str(root), "val2017")], params=RunParams(), device=device, **execution)
     _print_summary(summary)
     typer.echo(f"\nInspect: maskbank inspect {store}    maskbank versions {store}    "
                f"maskbank show {store} <image id> --layer seeds")

@@ -87,7 +87,7 @@ from maskbank.flows.stages.ingest import DatasetInput
 state = label_images(
     datasets=[DatasetInput(**d) for d in args["datasets"]], store=args["store"],
     targets=[DatasetInput(**d) for d in args["targets"]] or None,
-    params=RunParams.model_validate(args["params"]), device="cpu", return_state=True,
+    params=RunParams.model_validate(args["params"]), device="cpu", workers=1, return_state=True,
 )
 out = state.result().model_dump(mode="json")
 out["flow_run_id"] = str(state.state_details.flow_run_id)

@@ -1,7 +1,8 @@
 """What every stage shares: cached-task construction, per-image shards, and checks of stored outputs.
 
 Every task is called through :func:`checked`, which validates what a cached result points to, recomputes
-what is missing (or, with ``verify``, damaged), and lets one process at a time run a given task call.
+what is missing (or, with ``verify``, damaged), and lets one process at a time run a given task call. The
+shards of a per-image stage go through :func:`checked_shards`, which runs them at once on a task runner.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner
 from pydantic import BaseModel, ConfigDict
 
 from maskbank.flows.keys import code_version, digest
@@ -163,6 +167,32 @@ def checked(task_fn, is_complete: Callable[..., bool], verify: bool = False, **k
     if state.name == "Cached" and isinstance(ref, ShardRef):
         ref = ref.model_copy(update={"computed": [], "seconds": 0.0})
     return ref
+
+
+@task(name="shard", task_run_name="shard-{stage}-{index}", cache_policy=NO_CACHE, persist_result=False)
+def checked_shard(stage: str, index: int, task_fn, verify: bool, kwargs: dict) -> ShardRef:
+    """One shard of a per-image stage through :func:`checked`, where the task runner put it."""
+    return checked(task_fn, shard_complete, verify=verify, **kwargs)
+
+
+def checked_shards(
+    stage: str, task_fn, parts: Sequence[Sequence[ImageJob]], runner: TaskRunner,
+    done: Callable[[int], None] = lambda n: None, verify: bool = False, **kwargs,
+) -> list[ShardRef]:
+    """Every shard of a per-image stage submitted to the started ``runner`` at once, each through
+    :func:`checked` (its lock, validation and recomputation); ``done(n)`` is called with a shard's image
+    count as it finishes. References come back in shard order."""
+    futures = {
+        runner.submit(checked_shard, parameters={"stage": stage, "index": i, "task_fn": task_fn, "verify": verify,
+                                                 "kwargs": {**kwargs, "jobs": list(part)}}): i
+        for i, part in enumerate(parts)
+    }
+    refs: list[ShardRef | None] = [None] * len(parts)
+    for future in as_completed(list(futures)):
+        i = futures[future]
+        refs[i] = future.result()
+        done(len(parts[i]))
+    return refs
 
 
 def _result(task_fn, state):
