@@ -78,16 +78,15 @@ from maskbank.flows.params import (  # noqa: E402
 from maskbank.flows.refs import DatasetRef  # noqa: E402
 from maskbank.flows.stages.bank import load_bank, purify_params  # noqa: E402
 from maskbank.flows.stages.embed import features_key  # noqa: E402
-from maskbank.flows.stages.evaluate import covers_voc, fit_to_truth  # noqa: E402
 from maskbank.flows.stages.ingest import DatasetInput, ingest  # noqa: E402
 from maskbank.flows.stages.pool import pooled_key  # noqa: E402
 from maskbank.flows.stages.propose import proposals_key  # noqa: E402
-from maskbank.storage.datasets import DatasetError, open_dataset  # noqa: E402
+from maskbank.storage.datasets import DatasetError, open_dataset, working_size  # noqa: E402
 from maskbank.storage.datasets.coco import write_coco_subset  # noqa: E402
 from maskbank.storage.store import Store  # noqa: E402
 from maskbank.storage.versions import read_version  # noqa: E402
 from maskbank.tasks.bank import BankBuilder, PrototypeBank, prototypes_for_image  # noqa: E402
-from maskbank.tasks.metrics import ConfusionMatrix, miou  # noqa: E402
+from maskbank.tasks.metrics import ConfusionMatrix, covers_voc, fit_to_truth, miou  # noqa: E402
 from maskbank.tasks.models.device import resolve_device  # noqa: E402
 from maskbank.tasks.purify import PurifyParams  # noqa: E402
 from maskbank.tasks.retrieve import BankIndex  # noqa: E402
@@ -189,7 +188,8 @@ def load_split(store: Store, dataset: DatasetInput, proposals: str, pooled: str,
             skipped.append((image_id, f"truth cannot be read: {e}"))
             continue
         props = store.read_proposals(proposals, key)
-        owner, why = fit_to_truth(owner_map(props.masks()), truth, ds.record(image_id))
+        rec = ds.record(image_id)
+        owner, why = fit_to_truth(owner_map(props.masks()), truth, (rec.height, rec.width), working_size(truth.shape))
         if owner is None:
             skipped.append((image_id, why))
             continue

@@ -9,6 +9,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from maskbank.tasks.propose import ProposerConfig
+from maskbank.tasks.purify import MIN_AREA_FRACTION
+from maskbank.tasks.retrieve import DEFAULT_K
+from maskbank.tasks.seed import SeedConfig
+
+_SEED = SeedConfig()
+
 
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -18,15 +25,15 @@ class ProposeParams(_Params):
     """Segment Anything automatic mask generation."""
 
     model: str = Field("mobile_sam", description="Checkpoint name from `maskbank weights list` (mobile_sam, sam_vit_b, sam_vit_l, sam_vit_h).")
-    input_size: int = Field(1024, description="SAM encoder input side: 1024 native; 512 (vit_t only) is about 4x faster but leaves about half the pixels outside every proposal (BENCHMARKS.md).")
-    points_per_side: int = Field(16, ge=1, description="Point prompts per image side.")
-    points_per_batch: int = Field(16, ge=1, description="Prompts decoded at once (16 keeps the decoder in CPU cache; raise it on a GPU).")
-    pred_iou_thresh: float = Field(0.88, ge=0, le=1, description="Keep masks whose predicted IoU is at least this.")
-    stability_score_thresh: float = Field(0.95, ge=0, le=1, description="Keep masks whose stability score is at least this.")
-    box_nms_thresh: float = Field(0.7, ge=0, le=1, description="Box NMS threshold between masks.")
-    min_area: float = Field(0.0016, ge=0, lt=1, description="Smallest non-overlapping region kept, as a fraction of the image (ModuSeg: 300 px at 500x375).")
-    bf16: bool = Field(True, description="bfloat16 autocast (CPU and CUDA).")
-    generator: Literal["fast", "stock"] = Field("fast", description="'fast': decodes prompts and filters at low resolution before upsampling survivors; 'stock': Meta's SamAutomaticMaskGenerator.")
+    input_size: int = Field(ProposerConfig.input_size, description="SAM encoder input side: 1024 native; 512 (vit_t only) is about 4x faster but leaves about half the pixels outside every proposal (BENCHMARKS.md).")
+    points_per_side: int = Field(ProposerConfig.points_per_side, ge=1, description="Point prompts per image side.")
+    points_per_batch: int = Field(ProposerConfig.points_per_batch, ge=1, description="Prompts decoded at once (16 keeps the decoder in CPU cache; raise it on a GPU).")
+    pred_iou_thresh: float = Field(ProposerConfig.pred_iou_thresh, ge=0, le=1, description="Keep masks whose predicted IoU is at least this.")
+    stability_score_thresh: float = Field(ProposerConfig.stability_score_thresh, ge=0, le=1, description="Keep masks whose stability score is at least this.")
+    box_nms_thresh: float = Field(ProposerConfig.box_nms_thresh, ge=0, le=1, description="Box NMS threshold between masks.")
+    min_area: float = Field(ProposerConfig.min_area, ge=0, lt=1, description="Smallest non-overlapping region kept, as a fraction of the image (ModuSeg: 300 px at 500x375).")
+    bf16: bool = Field(ProposerConfig.bf16, description="bfloat16 autocast (CPU and CUDA).")
+    generator: Literal["fast", "stock"] = Field(ProposerConfig.generator, description="'fast': decodes prompts and filters at low resolution before upsampling survivors; 'stock': Meta's SamAutomaticMaskGenerator.")
 
 
 class EmbedParams(_Params):
@@ -41,16 +48,16 @@ class EmbedParams(_Params):
 class SeedParams(_Params):
     """Seed labels of labelled images from image-level labels and features alone (see ``tasks/seed.py``)."""
 
-    quantile: float = Field(0.75, ge=0, le=1, description="Quantile of a proposal's best matches in images without a class that its evidence is measured against.")
-    contrast_scale: float = Field(0.1, gt=0, description="Cosine contrast worth one unit of score.")
-    background_bias: float = Field(0.5, description="Score of background: the evidence a class needs to claim a proposal.")
-    saliency_weight: float = Field(1.0, ge=0, description="Weight of the saliency foreground prior (0 = off).")
-    rounds: int = Field(2, ge=0, description="Refinement rounds against the other images' seeds.")
-    claim_labels: bool = Field(True, description="Make every image label claim at least one proposal (an image label says the class is there; turn off with coarse proposals, where small labelled objects have no proposal of their own).")
+    quantile: float = Field(_SEED.quantile, ge=0, le=1, description="Quantile of a proposal's best matches in images without a class that its evidence is measured against.")
+    contrast_scale: float = Field(_SEED.contrast_scale, gt=0, description="Cosine contrast worth one unit of score.")
+    background_bias: float = Field(_SEED.background_bias, description="Score of background: the evidence a class needs to claim a proposal.")
+    saliency_weight: float = Field(_SEED.saliency_weight, ge=0, description="Weight of the saliency foreground prior (0 = off).")
+    rounds: int = Field(_SEED.rounds, ge=0, description="Refinement rounds against the other images' seeds.")
+    claim_labels: bool = Field(_SEED.claim_labels, description="Make every image label claim at least one proposal (an image label says the class is there; turn off with coarse proposals, where small labelled objects have no proposal of their own).")
+    evidence_per_class: int = Field(_SEED.evidence_per_class, ge=1, description="Images labelled with a class that a proposal is compared with (the first by content key); beyond it seeding samples, so memory and time stay linear in the collection.")
+    reference_images: int = Field(_SEED.reference_images, ge=1, description="Images of the reference sample (the first by content key) that a proposal's matches in images without a class are measured over.")
 
-    def config(self) -> "SeedConfig":
-        from maskbank.tasks.seed import SeedConfig
-
+    def config(self) -> SeedConfig:
         return SeedConfig(**self.model_dump())
 
 
@@ -60,16 +67,17 @@ class BankParams(_Params):
     erosion: Literal["scaled", "fixed"] = Field("scaled", description="'fixed': ModuSeg's 3x3 kernel x `max_iterations`; 'scaled': iterations grow with object size (ModuSeg's fixed 20 erase most COCO objects).")
     erosion_fraction: float = Field(0.25, ge=0, description="Scaled erosion: iterations = fraction x equivalent radius of the region.")
     max_iterations: int = Field(20, ge=0, description="Erosion iterations cap (ModuSeg: 20).")
-    min_area: float = Field(0.0016, ge=0, lt=1, description="Smallest purified region kept, fraction of the image (ModuSeg: 300 px).")
+    min_area: float = Field(MIN_AREA_FRACTION, ge=0, lt=1, description="Smallest purified region kept, fraction of the image (ModuSeg: 300 px).")
     filter_ratio: float = Field(0.25, ge=0, lt=1, description="Share of each foreground class's prototypes farthest from its mean dropped (ModuSeg: 0.25).")
+    max_prototypes_per_class: int = Field(4096, ge=1, description="Prototypes a class gathers (images in content-key order) before the outlier filter; beyond it the class takes no more, so the bank and retrieval time stay bounded however many images are labelled.")
 
 
 class RetrieveParams(_Params):
     """k-NN retrieval of proposal labels against the bank."""
 
     rule: Literal["class_balanced", "majority", "knn_weighted"] = Field("class_balanced", description="'majority' is ModuSeg's vote, which collapses on small banks where background prototypes outnumber every class.")
-    k: int = Field(25, ge=1, description="Neighbours of the 'majority' and 'knn_weighted' rules (ModuSeg: 25).")
-    k_per_class: int = Field(5, ge=1, description="Prototypes averaged per class by 'class_balanced'.")
+    k: int = Field(DEFAULT_K["majority"], ge=1, description="Neighbours of the 'majority' and 'knn_weighted' rules (ModuSeg: 25).")
+    k_per_class: int = Field(DEFAULT_K["class_balanced"], ge=1, description="Prototypes averaged per class by 'class_balanced'.")
     nms_iou: float = Field(0.4, ge=0, le=1, description="Per-class mask NMS before painting (ModuSeg: 0.4).")
 
 

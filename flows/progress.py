@@ -10,16 +10,16 @@ from tqdm.auto import tqdm
 
 
 class StageProgress:
-    """Counts processed images of one stage; ``advance(n)`` after each unit of work."""
+    """Counts processed images (or other ``unit``s) of one stage; ``advance(n)`` after each unit of work."""
 
-    def __init__(self, stage: str, total: int) -> None:
+    def __init__(self, stage: str, total: int, unit: str = "img", what: str = "images processed") -> None:
         self.total = max(int(total), 1)
         self.done = 0
-        self._bar = tqdm(total=total, desc=stage, unit="img", disable=not sys.stderr.isatty(), leave=False)
+        self._bar = tqdm(total=total, desc=stage, unit=unit, disable=not sys.stderr.isatty(), leave=False)
         self._artifact = None
         if FlowRunContext.get() is not None:
             self._artifact = create_progress_artifact(
-                progress=0.0, key=f"progress-{stage}", description=f"{stage}: images processed (%)"
+                progress=0.0, key=f"progress-{stage}", description=f"{stage}: {what} (%)"
             )
 
     def advance(self, n: int) -> None:

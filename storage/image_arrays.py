@@ -326,11 +326,18 @@ def read_image(group: zarr.Group, row: int, key: str, verify: bool = True) -> Im
     return out
 
 
-def read_elements(group: zarr.Group, rows: Sequence[int], names: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def element_index(group: zarr.Group) -> tuple[np.ndarray, np.ndarray]:
+    """Every image's first element and number of elements (``offset``, ``count``), read whole."""
+    return np.asarray(group[OFFSET][...]).astype(np.int64), np.asarray(group[COUNT][...]).astype(np.int64)
+
+
+def read_elements(group: zarr.Group, rows: Sequence[int], names: Sequence[str],
+                  index: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The per-element arrays ``names`` of the images at ``rows``, concatenated in that order, and for each
-    element its position in ``rows``. Reads in blocks of :data:`READ_BLOCK` elements."""
-    offsets = np.asarray(group[OFFSET][...])
-    counts = np.asarray(group[COUNT][...])
+    element its position in ``rows``; ``index`` is the group's :func:`element_index` when the caller holds
+    it. Reads in blocks of at most :data:`READ_BLOCK` elements that span no chunk without a wanted element,
+    so that scattered rows cost the chunks they touch, not the spans between."""
+    offsets, counts = element_index(group) if index is None else index
     rows = np.asarray(rows, np.int64)
     lo, n = offsets[rows], counts[rows]
     out_start = np.concatenate([[0], np.cumsum(n)[:-1]]).astype(np.int64)
@@ -345,7 +352,10 @@ def read_elements(group: zarr.Group, rows: Sequence[int], names: Sequence[str]) 
             block_lo = int(lo[order[i]])
             j = i
             block_hi = block_lo
-            while j < len(order) and int(lo[order[j]] + n[order[j]]) - block_lo <= READ_BLOCK:
+            # extend the block over the next images while they lie within a chunk of it (no chunk is
+            # fetched for nothing) and the block stays within READ_BLOCK elements
+            while (j < len(order) and int(lo[order[j]] + n[order[j]]) - block_lo <= READ_BLOCK
+                   and (j == i or int(lo[order[j]]) - block_hi <= z.chunks[0])):
                 block_hi = max(block_hi, int(lo[order[j]] + n[order[j]]))
                 j += 1
             if j == i:  # one image with more elements than a block

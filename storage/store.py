@@ -32,7 +32,7 @@ from maskbank.storage.arrays import (
 )
 from maskbank.storage.datasets.manifest import Dataset, ImageRecord
 from maskbank.storage.image_arrays import (
-    IMAGE, SHA, ImageOutput, MissingImageError, Schema, drop_images, key_lists, read_elements, read_image,
+    IMAGE, SHA, ImageOutput, MissingImageError, Schema, drop_images, element_index, key_lists, read_elements, read_image,
     write_images,
 )
 from maskbank.storage.layout import BRANCH, FEATURES, LABELS, POOLED, PROPOSALS, STORE_FORMAT
@@ -109,6 +109,7 @@ class Store:
         self._pinned = pinned
         self._session: icechunk.Session | None = None
         self._rows: dict[str, dict[str, int]] = {}
+        self._elements: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # ----- opening -------------------------------------------------------------------------------
 
@@ -151,6 +152,7 @@ class Store:
         """See what was committed since this store was opened (no-op for a store opened at a version)."""
         self._session = None
         self._rows.clear()
+        self._elements.clear()
 
     # ----- sessions and transactions -------------------------------------------------------------
 
@@ -364,16 +366,33 @@ class Store:
                       ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Per-element arrays of many images, concatenated in the order of ``image_keys``, and each
         element's position in ``image_keys``; read in blocks, not image by image."""
+        rows, group, index = self._element_rows(stage, key, image_keys)
+        try:
+            return read_elements(group, rows, names, index)
+        except Exception as e:
+            raise MissingItemError(f"{stage}/{key} in {self.url} cannot be read: {error_reason(e)}") from e
+
+    def element_counts(self, stage: str, key: str, image_keys: Sequence[str]) -> np.ndarray:
+        """The number of elements (proposals) of each of ``image_keys`` under ``stage``/``key``."""
+        rows, group, index = self._element_rows(stage, key, image_keys)
+        return index[1][rows]
+
+    def _element_rows(self, stage: str, key: str, image_keys: Sequence[str]
+                      ) -> tuple[np.ndarray, zarr.Group, tuple[np.ndarray, np.ndarray]]:
+        """Rows of ``image_keys``, the group and its element index (read once per snapshot)."""
         rows = self.rows(stage, key)
         absent = [k for k in image_keys if k not in rows]
         if absent:
             raise MissingItemError(f"no {stage} output for {len(absent)} image(s) under key {key} in {self.url}, "
                                    f"e.g. {absent[0]}")
-        group = self._group(layout.stage_group(stage, key))
-        try:
-            return read_elements(group, [rows[k] for k in image_keys], names)
-        except Exception as e:
-            raise MissingItemError(f"{stage}/{key} in {self.url} cannot be read: {error_reason(e)}") from e
+        path = layout.stage_group(stage, key)
+        group = self._group(path)
+        if path not in self._elements:
+            try:
+                self._elements[path] = element_index(group)
+            except Exception as e:
+                raise MissingItemError(f"{stage}/{key} in {self.url} cannot be read: {error_reason(e)}") from e
+        return np.array([rows[k] for k in image_keys], np.int64), group, self._elements[path]
 
     def drop_images(self, stage: str, key: str, image_keys: Sequence[str]) -> list[str]:
         """Mark images as having no output under ``stage``/``key`` (so they are computed again)."""

@@ -115,7 +115,7 @@ def filter_outliers(
     Distance is Euclidean to the (unnormalised) class mean; ``ratio`` is ``drop_ratio`` for foreground
     classes and ``background_drop_ratio`` for ``background``. Equal distances drop the later row first.
     """
-    vectors = np.asarray(vectors, dtype=np.float64)
+    vectors = np.asarray(vectors)
     labels = np.asarray(labels)
     if vectors.ndim != 2 or labels.shape != (vectors.shape[0],):
         raise ValueError(f"vectors [M, C] and labels [M] expected, got {vectors.shape} and {labels.shape}")
@@ -129,7 +129,7 @@ def filter_outliers(
         n_drop = int(rows.size * ratio)
         if n_drop == 0:
             continue
-        members = vectors[rows]
+        members = vectors[rows].astype(np.float64)
         distance = np.linalg.norm(members - members.mean(axis=0), axis=1)
         farthest = np.argsort(distance, kind="stable")[rows.size - n_drop :]
         keep[rows[farthest]] = False
@@ -137,14 +137,25 @@ def filter_outliers(
 
 
 class BankBuilder:
-    """Collects per-image prototypes and assembles the filtered ``PrototypeBank``."""
+    """Collects per-image prototypes and assembles the filtered ``PrototypeBank``.
 
-    def __init__(self, class_names: list[str], dim: int | None = None) -> None:
+    With ``max_per_class``, a class takes no more prototypes once it holds that many (added in the
+    caller's order, e.g. images by content key): the bank's size and memory are bounded by the number of
+    classes whatever the collection's size; below the cap nothing changes.
+    """
+
+    def __init__(self, class_names: list[str], dim: int | None = None, max_per_class: int | None = None) -> None:
         self.class_names = list(class_names)
         self.dim = dim
+        self.max_per_class = max_per_class
+        self._count = np.zeros(len(self.class_names), np.int64)
         self._vectors: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._images: list[np.ndarray] = []
+
+    def full(self, classes: Iterable[int]) -> bool:
+        """Whether every class of ``classes`` already holds ``max_per_class`` prototypes."""
+        return self.max_per_class is not None and all(self._count[c] >= self.max_per_class for c in classes)
 
     def add(self, image_index: int, vectors: np.ndarray, labels: np.ndarray) -> None:
         """Add one bank image's prototypes (as returned by ``prototypes_for_image``)."""
@@ -156,6 +167,15 @@ class BankBuilder:
             self.dim = vectors.shape[1]
         elif vectors.shape[1] != self.dim:
             raise ValueError(f"prototype dim {vectors.shape[1]} != bank dim {self.dim}")
+        if self.max_per_class is not None:
+            keep = np.zeros(len(labels), bool)
+            for i, c in enumerate(labels):
+                if self._count[c] < self.max_per_class:
+                    keep[i] = True
+                    self._count[c] += 1
+            vectors, labels = vectors[keep], labels[keep]
+        else:
+            np.add.at(self._count, labels, 1)
         self._vectors.append(vectors)
         self._labels.append(labels)
         self._images.append(np.full(labels.shape[0], image_index, np.int32))
@@ -167,5 +187,7 @@ class BankBuilder:
         vectors = np.concatenate(self._vectors) if self._vectors else np.zeros((0, self.dim), np.float32)
         labels = np.concatenate(self._labels) if self._labels else np.zeros(0, np.int32)
         images = np.concatenate(self._images) if self._images else np.zeros(0, np.int32)
+        order = np.argsort(images, kind="stable")  # image order, however the images were added
+        vectors, labels, images = vectors[order], labels[order], images[order]
         bank = PrototypeBank(vectors, labels, images, self.class_names)
         return bank.subset(filter_outliers(vectors, labels, drop_ratio, background_drop_ratio, background))

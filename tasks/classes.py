@@ -62,3 +62,13 @@ def subset_lookup(
         key = _key(name)
         lookup[index] = target.get(translate.get(key, key), unmatched)
     return lookup
+
+
+def multi_hot(labels: Sequence[Sequence[int]], num_classes: int, background: bool = False) -> np.ndarray:
+    """``bool[I, K]`` from each image's class ids; with ``background``, column 0 is set for every image."""
+    out = np.zeros((len(labels), num_classes), bool)
+    for i, classes in enumerate(labels):
+        out[i, list(classes)] = True
+    if background:
+        out[:, 0] = True
+    return out

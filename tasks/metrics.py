@@ -12,6 +12,9 @@ from source to target labels (``maskbank.tasks.classes.subset_lookup``, or use
 ``ConfusionMatrix.for_subset``): ``remap`` maps the ground truth (other classes to ``ignore_index``)
 and ``pred_remap`` the prediction (other classes to background, so predicting one of them where the
 truth is a subset class is an error); ``pred_remap`` defaults to ``remap``.
+
+:func:`summarise` gives a matrix's mIoU and per-class IoU as plain values, :func:`covers_voc` tells whether
+a class list holds the 21 VOC classes, and :func:`fit_to_truth` brings a label map to its truth's size.
 """
 
 from __future__ import annotations
@@ -140,3 +143,38 @@ def miou(cm: np.ndarray, classes: Sequence[int] | None = None, absent_as_zero: b
         iou = np.nan_to_num(iou, nan=0.0)
     present = iou[~np.isnan(iou)]
     return float(present.mean()) if present.size else float("nan")
+
+
+def summarise(cm: ConfusionMatrix, names: list[str]) -> dict:
+    """mIoU (absent classes skipped, and counted as 0), classes present and IoU per class name (``None``
+    when absent) of ``cm``."""
+    iou = cm.iou()
+    return {
+        "miou": float(cm.miou()),
+        "miou_absent_as_zero": float(cm.miou(absent_as_zero=True)),
+        "classes_present": int(np.isfinite(iou).sum()),
+        "iou": {n: (None if not np.isfinite(v) else float(v)) for n, v in zip(names, iou)},
+    }
+
+
+def covers_voc(class_names: list[str]) -> bool:
+    """Whether as many of ``class_names`` as there are PASCAL VOC classes match one (by name or COCO name)."""
+    return int((subset_lookup(class_names, unmatched=255) != 255).sum()) == len(VOC_CLASSES)
+
+
+def fit_to_truth(
+    pred: np.ndarray, truth: np.ndarray, image_hw: tuple[int | None, int | None], working_hw: tuple[int, int]
+) -> tuple[np.ndarray | None, str]:
+    """The label map at the truth's size, or ``(None, reason)`` when the truth does not fit the image.
+
+    ``image_hw`` is the image's size (``None`` where unknown) and ``working_hw`` the reduced size an image
+    of the truth's size is processed at; a label map at ``working_hw`` is scaled up (nearest neighbour).
+    """
+    if None not in image_hw and truth.shape != image_hw:
+        return None, f"truth is {truth.shape[0]}x{truth.shape[1]} but the image is {image_hw[0]}x{image_hw[1]}"
+    if pred.shape == truth.shape:
+        return pred, ""
+    if pred.shape == working_hw:
+        (h, w), (th, tw) = pred.shape, truth.shape
+        return pred[(np.arange(th) * h // th)[:, None], np.arange(tw) * w // tw], ""
+    return None, f"label map is {pred.shape[0]}x{pred.shape[1]} but the truth is {truth.shape[0]}x{truth.shape[1]}"

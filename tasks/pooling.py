@@ -2,11 +2,13 @@
 
 Each token is weighted by the fraction of its cell the mask covers (``PatchGeometry.patch_weights``);
 the feature is ``sum(w * t) / (sum(w) + 1e-8)``, L2-normalised. A mask whose weights sum below 1e-6
-gives the zero vector.
+gives the zero vector. :func:`mask_means` averages a pixel map (e.g. saliency, resampled to the image
+by :func:`saliency_at_image`) inside each mask.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from maskbank.tasks.geometry import PatchGeometry
@@ -58,3 +60,17 @@ def pool_masks(features: np.ndarray, geometry: PatchGeometry, masks: np.ndarray)
     for i, mask in enumerate(masks):
         weights[i] = geometry.patch_weights(mask)
     return pool_weights(features, weights)
+
+
+def mask_means(values: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Mean of an ``[H, W]`` map inside each of ``[N, H, W]`` masks (0 for empty masks)."""
+    if len(masks) == 0:
+        return np.zeros(0, np.float32)
+    flat = masks.reshape(len(masks), -1)
+    sums = flat @ values.reshape(-1).astype(np.float64)
+    return (sums / np.maximum(flat.sum(1), 1)).astype(np.float32)
+
+
+def saliency_at_image(saliency: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """A saliency map stored at the backbone's resized resolution, resampled to the image."""
+    return cv2.resize(saliency.astype(np.float32), (image_hw[1], image_hw[0]), interpolation=cv2.INTER_LINEAR)

@@ -19,6 +19,11 @@ import numpy as np
 
 Iterations = int | Literal["scaled"]
 
+# ModuSeg keeps a purified region of at least 300 px on VOC/COCO images of about 500x375 px;
+# as a fraction of the image area this carries over to any resolution.
+MIN_AREA = 300
+MIN_AREA_FRACTION = MIN_AREA / (500 * 375)
+
 
 def _as_binary(mask: np.ndarray) -> np.ndarray:
     mask = np.asarray(mask)
@@ -83,7 +88,7 @@ def purify_regions(
     iterations: Iterations = "scaled",
     fraction: float = 0.25,
     max_iterations: int = 20,
-    min_area: int = 300,
+    min_area: int = MIN_AREA,
     kernel: int = 3,
     fallback: bool = True,
     background: int | None = 0,
@@ -126,7 +131,7 @@ class PurifyParams:
     iterations: Iterations = "scaled"
     fraction: float = 0.25
     max_iterations: int = 20
-    min_area: int = 300
+    min_area: int = MIN_AREA
     kernel: int = 3
     fallback: bool = True
 

@@ -28,7 +28,8 @@ import torch
 from maskbank.tasks.bank import PrototypeBank
 
 RULES = ("majority", "class_balanced", "knn_weighted")
-DEFAULT_K = {"majority": 25, "class_balanced": 5, "knn_weighted": 25}
+DEFAULT_NEIGHBOURS = 25  # k of both neighbour rules, "majority" and "knn_weighted" (ModuSeg: 25)
+DEFAULT_K = {"majority": DEFAULT_NEIGHBOURS, "class_balanced": 5, "knn_weighted": DEFAULT_NEIGHBOURS}
 MIN_QUERY_NORM = 1e-6
 UNASSIGNED = -1
 
@@ -215,3 +216,11 @@ def classify(
     """
     index = bank if isinstance(bank, BankIndex) else BankIndex(bank, device)
     return index.classify(queries, rule=rule, k=k, allowed=allowed, margin=margin)
+
+
+def rule_k(rule: str, k: int, k_per_class: int) -> int:
+    """The k a rule uses: ``k_per_class`` prototypes averaged per class by ``"class_balanced"``, ``k``
+    neighbours for the voting rules."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    return k_per_class if rule == "class_balanced" else k

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from maskbank.tasks.classes import COCO_TO_VOC, VOC_CLASSES, subset_lookup
-from maskbank.tasks.metrics import ConfusionMatrix, confusion_matrix, iou_per_class, miou
+from maskbank.tasks.metrics import (
+    ConfusionMatrix,
+    confusion_matrix,
+    covers_voc,
+    fit_to_truth,
+    iou_per_class,
+    miou,
+    summarise,
+)
 
 TRUTH = np.array([[0, 0, 1, 1], [2, 2, 1, 255], [0, 1, 2, 2]])
 PRED = np.array([[0, 1, 1, 1], [2, 0, 1, 2], [0, 1, 1, 2]])
@@ -96,3 +104,30 @@ def test_remap_to_subset_ignores_other_truth_classes_and_scores_other_prediction
     np.testing.assert_array_equal(
         confusion_matrix(pred, truth, 21, remap=remap, pred_remap=subset_lookup(source, unmatched=0)), expected
     )
+
+
+def test_summarise_names_each_class_iou():
+    cm = ConfusionMatrix(4).update(PRED, TRUTH)  # class 3 absent
+    out = summarise(cm, ["a", "b", "c", "d"])
+    assert out["miou"] == pytest.approx((0.5 + 4 / 6 + 0.5) / 3)
+    assert out["miou_absent_as_zero"] == pytest.approx((0.5 + 4 / 6 + 0.5) / 4)
+    assert out["classes_present"] == 3
+    assert out["iou"] == {"a": 0.5, "b": pytest.approx(4 / 6), "c": 0.5, "d": None}
+
+
+def test_covers_voc_by_voc_or_coco_names():
+    assert covers_voc(list(VOC_CLASSES))
+    assert covers_voc(list(COCO_TO_VOC) + ["truck"])
+    assert not covers_voc(list(VOC_CLASSES)[:-1])
+
+
+def test_fit_to_truth_scales_a_working_size_map_and_names_misfits():
+    truth = np.zeros((4, 6), np.uint8)
+    pred = np.arange(6).reshape(2, 3)
+    same, why = fit_to_truth(truth + 1, truth, (4, 6), (2, 3))
+    assert why == "" and np.array_equal(same, truth + 1)
+    up, why = fit_to_truth(pred, truth, (None, None), (2, 3))
+    assert why == "" and up.shape == (4, 6)
+    np.testing.assert_array_equal(up, np.repeat(np.repeat(pred, 2, axis=0), 2, axis=1))
+    assert fit_to_truth(pred, truth, (5, 6), (2, 3)) == (None, "truth is 4x6 but the image is 5x6")
+    assert fit_to_truth(pred, truth, (4, 6), (4, 6)) == (None, "label map is 2x3 but the truth is 4x6")

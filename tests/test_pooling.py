@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from maskbank.tasks.geometry import PatchGeometry
-from maskbank.tasks.pooling import l2_normalize, pool_masks, pool_weights, soft_pool
+from maskbank.tasks.pooling import l2_normalize, mask_means, pool_masks, pool_weights, saliency_at_image, soft_pool
 
 
 def _features():
@@ -64,3 +64,21 @@ def test_pool_masks_shape_errors():
     with pytest.raises(ValueError):
         pool_masks(np.zeros((3, 3, 2)), geometry, np.zeros((1, 8, 12), bool))
     assert pool_masks(_features(), geometry, np.zeros((0, 8, 12), bool)).shape == (0, 2)
+
+
+def test_mask_means_of_a_map_per_mask():
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    masks = np.zeros((3, 3, 4), bool)
+    masks[0, 0] = True  # 0..3
+    masks[1, :, 3] = True  # 3, 7, 11
+    means = mask_means(values, masks)
+    assert means.dtype == np.float32
+    np.testing.assert_allclose(means, [1.5, 7.0, 0.0])  # an empty mask gives 0
+    assert mask_means(values, np.zeros((0, 3, 4), bool)).shape == (0,)
+
+
+def test_saliency_at_image_resamples_to_the_image():
+    saliency = np.array([[0.0, 1.0], [1.0, 0.0]], np.float16)
+    out = saliency_at_image(saliency, (6, 4))
+    assert out.shape == (6, 4) and out.dtype == np.float32
+    np.testing.assert_allclose(saliency_at_image(np.full((2, 2), 0.5), (5, 3)), 0.5)

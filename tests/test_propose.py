@@ -108,6 +108,13 @@ def test_config_validation_and_min_area():
             ProposerConfig(**bad)
 
 
+def test_flow_defaults_are_the_proposer_defaults():
+    from maskbank.flows.params import ProposeParams
+    from maskbank.flows.runtime import proposer_config
+
+    assert proposer_config(ProposeParams()) == ProposerConfig()
+
+
 def _props(masks, iou, stab):
     return Proposals.from_rles(rle.encode(np.asarray(masks, bool)), np.asarray(iou), np.asarray(stab), masks[0].shape)
 

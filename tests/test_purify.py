@@ -101,3 +101,10 @@ def test_fallback_path_matches_single_erosion_when_area_suffices():
     assert list(with_fallback) == [1, 0]
     for cls, region in with_fallback.items():
         assert np.array_equal(region, erode_region(lm == cls, 5))
+
+
+def test_flow_bank_default_is_the_purify_default():
+    from maskbank.flows.params import BankParams
+    from maskbank.flows.stages.bank import purify_params
+
+    assert purify_params(BankParams(), (375, 500)).min_area == PurifyParams().min_area == 300

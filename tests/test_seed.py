@@ -1,9 +1,12 @@
-"""Seed labels on synthetic features where the right answer is known."""
+"""Seed labels on synthetic features where the right answer is known, and the streamed, capped seeding
+against the dense reference."""
 
 import numpy as np
 import pytest
 
-from maskbank.tasks.seed import SeedConfig, best_match_per_image, class_contrast, seed_proposals
+import seed_reference as reference
+from seed_reference import best_match_per_image, class_contrast
+from maskbank.tasks.seed import SeedConfig, evidence_images, seed_images, seed_proposals
 
 DIM = 16
 
@@ -58,8 +61,7 @@ def test_seeds_recover_the_truth(world):
     feats, index, labels, truth = world
     res = seed_proposals(feats, index, labels, config=SeedConfig(rounds=2))
     np.testing.assert_array_equal(res.labels, truth)
-    # classes outside an image's labels are never chosen
-    assert np.all(np.isneginf(res.scores[index < 2, 2]))
+    assert np.all(np.isfinite(res.scores))
 
 
 def test_claimed_labels_and_saliency_moves_background():
@@ -80,4 +82,74 @@ def test_claimed_labels_and_saliency_moves_background():
 
 def test_empty_input():
     res = seed_proposals(np.zeros((0, 4), np.float32), np.zeros(0, int), np.zeros((2, 3), bool))
-    assert res.labels.shape == (0,) and res.scores.shape == (0, 3)
+    assert res.labels.shape == (0,) and res.scores.shape == (0,)
+
+
+def _random_world(rng, n_img, n_cls, dim=24, max_props=12):
+    labels = np.zeros((n_img, n_cls), bool)
+    for i in range(n_img):
+        labels[i, rng.choice(np.arange(1, n_cls), rng.integers(1, min(4, n_cls)), replace=False)] = True
+    centers = rng.standard_normal((n_cls, dim))
+    feats, index = [], []
+    for i in range(n_img):
+        for _ in range(rng.integers(0, max_props) if i % 7 else 0):  # every 7th image has no proposal
+            c = rng.choice(np.flatnonzero(labels[i])) if rng.random() < 0.5 else 0
+            feats.append(centers[c] + rng.standard_normal(dim))
+            index.append(i)
+    f = np.array(feats, np.float32)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    perm = rng.permutation(len(f))
+    return f[perm], np.array(index)[perm], labels, rng.random(len(f)).astype(np.float32)
+
+
+@pytest.mark.parametrize("change", [{}, {"rounds": 0}, {"claim_labels": False}, {"rounds": 3, "top_per_class": 2},
+                                    {"quantile": 0.5, "background_bias": 0.0}])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_streamed_seeding_equals_the_dense_reference_below_the_cap(change, seed):
+    feats, index, labels, sal = _random_world(np.random.default_rng(seed), 40 + 10 * seed, 7 + 4 * seed)
+    for saliency in (None, sal):
+        want = reference.seed_proposals(feats, index, labels, saliency=saliency, config=reference.SeedConfig(**change))
+        got = seed_proposals(feats, index, labels, saliency=saliency, config=SeedConfig(block=37, **change))
+        np.testing.assert_array_equal(got.labels, want.labels)
+        chosen = np.take_along_axis(want.scores, want.labels[:, None].astype(np.int64), 1)[:, 0]
+        np.testing.assert_allclose(got.scores, chosen, rtol=0, atol=1e-5)
+
+
+def test_evidence_groups_are_capped_in_priority_order():
+    labels = np.zeros((6, 3), bool)
+    labels[[0, 2, 3, 5], 1] = True
+    labels[[1, 4], 2] = True
+    counts = np.array([3, 0, 2, 2, 1, 4])
+    priority = np.array([5, 0, 4, 3, 2, 1])  # image 1 first, then 5, 4, 3, 2, 0
+    ref, pos = evidence_images(labels, counts, per_class=2, reference=2, priority=priority)
+    np.testing.assert_array_equal(ref, [5, 4])  # image 1 has no proposal
+    np.testing.assert_array_equal(pos[1], [5, 3])
+    np.testing.assert_array_equal(pos[2], [4])
+
+
+def test_memory_is_bounded_by_the_cap_and_the_block():
+    """Above the cap no read asks for more than the cap's images or a block's proposals, and every
+    proposal still gets one of its image's labels or background."""
+    rng = np.random.default_rng(3)
+    feats, index, labels, _ = _random_world(rng, 300, 6, max_props=8)
+    order = np.argsort(index, kind="stable")
+    counts = np.bincount(index, minlength=len(labels))
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    sorted_feats = feats[order]
+    asked = []
+
+    def read(images, saliency):
+        asked.append((len(images), int(counts[images].sum())))
+        rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in images])
+        return sorted_feats[rows], None
+
+    cap, block = 20, 64
+    res = seed_images(read, counts, labels, config=SeedConfig(evidence_per_class=cap, reference_images=cap, block=block))
+    assert max(n for n, p in asked if p > block) <= cap
+    assert all(n <= cap or p <= block for n, p in asked)
+    owner = np.repeat(np.arange(len(labels)), counts)
+    assert np.all((res.labels == 0) | labels[owner, res.labels])
+    # a cap at the collection's size is no cap
+    full = seed_images(read, counts, labels, config=SeedConfig(evidence_per_class=len(labels), reference_images=len(labels), block=block))
+    dense = reference.seed_proposals(sorted_feats, owner, labels)
+    np.testing.assert_array_equal(full.labels, dense.labels)

@@ -10,6 +10,7 @@ from maskbank.flows.keys import code_version
 from maskbank.flows.params import BankParams
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.common import cached_task
+from maskbank.flows.stages.labels import blocks
 from maskbank.storage.layout import BANK
 from maskbank.storage.store import Store
 from maskbank.storage.versions import publish_version, read_version, version_exists, version_id
@@ -18,6 +19,8 @@ from maskbank.tasks.purify import PurifyParams
 
 KIND = BANK
 MODULES = ("maskbank.tasks.bank", "maskbank.tasks.purify", "maskbank.tasks.pooling", __name__)
+BLOCK_IMAGES = 256
+"""Images whose prototypes are computed at once (their dense features are in memory together)."""
 
 
 def purify_params(params: BankParams, image_hw: tuple[int, int]) -> PurifyParams:
@@ -51,14 +54,15 @@ def build_bank(
         return VersionRef(store=store, id=vid, kind=KIND)
 
     row_of = {k: i for i, k in enumerate(collection.image_keys)}
-    parts = [
-        dask.delayed(_image_prototypes)(store, features_key, labels_version.id, k,
-                                        collection.labels[row_of[k]] or [], params)
-        for k in keys
-    ]
-    builder = BankBuilder(collection.class_names)
-    for j, (vectors, labels) in enumerate(dask.compute(*parts, scheduler="threads")):
-        builder.add(j, vectors, labels)
+    classes = [collection.labels[row_of[k]] or [] for k in keys]
+    builder = BankBuilder(collection.class_names, max_per_class=params.max_prototypes_per_class)
+    by_key = sorted(range(len(keys)), key=keys.__getitem__)  # which images fill a class does not depend on order
+    for block in blocks(len(by_key), BLOCK_IMAGES):  # a block of images in flight at a time
+        todo = [by_key[b] for b in block if not builder.full([0, *classes[by_key[b]]])]
+        parts = [dask.delayed(_image_prototypes)(store, features_key, labels_version.id, keys[j], classes[j], params)
+                 for j in todo]
+        for j, (vectors, labels) in zip(todo, dask.compute(*parts, scheduler="threads")):
+            builder.add(j, vectors, labels)
     bank = builder.build(drop_ratio=params.filter_ratio)
     arrays = {"vectors": bank.vectors, "labels": bank.labels, "prototype_image": bank.image_index,
               "image_key": np.array(keys), "class_name": np.array(collection.class_names)}

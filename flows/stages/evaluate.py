@@ -8,35 +8,19 @@ the metrics' ``skipped``. A label map made at a reduced working size is scaled u
 
 from __future__ import annotations
 
-import numpy as np
-
 from maskbank.flows.keys import code_version
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.common import cached_task
 from maskbank.flows.stages.ingest import DatasetInput
-from maskbank.storage.datasets import DatasetError, ImageRecord, open_dataset, working_size
+from maskbank.storage.datasets import DatasetError, open_dataset, working_size
 from maskbank.storage.layout import EVALUATION
 from maskbank.storage.store import Store
 from maskbank.storage.versions import get_version, publish_version, read_version, version_exists, version_id
-from maskbank.tasks.classes import VOC_CLASSES, subset_lookup
-from maskbank.tasks.metrics import ConfusionMatrix
+from maskbank.tasks.classes import VOC_CLASSES
+from maskbank.tasks.metrics import ConfusionMatrix, covers_voc, fit_to_truth, summarise
 
 KIND = EVALUATION
 MODULES = ("maskbank.tasks.metrics", "maskbank.tasks.classes", __name__)
-
-
-def summarise(cm: ConfusionMatrix, names: list[str]) -> dict:
-    iou = cm.iou()
-    return {
-        "miou": float(cm.miou()),
-        "miou_absent_as_zero": float(cm.miou(absent_as_zero=True)),
-        "classes_present": int(np.isfinite(iou).sum()),
-        "iou": {n: (None if not np.isfinite(v) else float(v)) for n, v in zip(names, iou)},
-    }
-
-
-def covers_voc(class_names: list[str]) -> bool:
-    return int((subset_lookup(class_names, unmatched=255) != 255).sum()) == len(VOC_CLASSES)
 
 
 @cached_task("evaluate", MODULES)
@@ -63,7 +47,8 @@ def evaluate(store: str, datasets: list[DatasetInput], collection: DatasetRef, l
             except DatasetError as e:
                 skipped.append((rec.image_id, f"truth cannot be read: {e}"))
                 continue
-            pred, why = fit_to_truth(st.read_label_map(labels_version.id, key), truth, rec)
+            pred, why = fit_to_truth(st.read_label_map(labels_version.id, key), truth, (rec.height, rec.width),
+                                     working_size(truth.shape))
             if pred is None:
                 skipped.append((rec.image_id, why))
                 continue
@@ -80,22 +65,6 @@ def evaluate(store: str, datasets: list[DatasetInput], collection: DatasetRef, l
     publish_version(st, KIND, {}, [labels_version.id], collection.fingerprints, code_version=code, arrays=arrays,
                     dims=dims, metrics=metrics)
     return VersionRef(store=store, id=vid, kind=KIND, metrics=metrics)
-
-
-def fit_to_truth(pred: np.ndarray, truth: np.ndarray, record: ImageRecord) -> tuple[np.ndarray | None, str]:
-    """The label map at the truth's size, or ``(None, reason)`` when the truth does not fit the image.
-
-    A label map at the image's reduced working size is scaled up (nearest neighbour).
-    """
-    image_hw = (record.height, record.width)
-    if None not in image_hw and truth.shape != image_hw:
-        return None, f"truth is {truth.shape[0]}x{truth.shape[1]} but the image is {image_hw[0]}x{image_hw[1]}"
-    if pred.shape == truth.shape:
-        return pred, ""
-    if pred.shape == working_size(truth.shape):
-        (h, w), (th, tw) = pred.shape, truth.shape
-        return pred[(np.arange(th) * h // th)[:, None], np.arange(tw) * w // tw], ""
-    return None, f"label map is {pred.shape[0]}x{pred.shape[1]} but the truth is {truth.shape[0]}x{truth.shape[1]}"
 
 
 def _keys_of(collection: DatasetRef, image_ids: list[str]) -> list[str | None]:

@@ -9,28 +9,13 @@ from maskbank.flows.refs import ShardRef
 from maskbank.flows.stages.common import ImageJob, cached_task, run_shard
 from maskbank.storage.layout import FEATURES, POOLED
 from maskbank.storage.store import ImageOutput, Store, feature_geometry
-from maskbank.tasks.pooling import pool_masks
+from maskbank.tasks.pooling import mask_means, pool_masks, saliency_at_image
+
 MODULES = ("maskbank.tasks.pooling", "maskbank.tasks.geometry", __name__)
 
 
 def pooled_key(proposals_key: str, features_key: str) -> str:
     return stage_key(POOLED, {}, [proposals_key, features_key], code_version(MODULES))
-
-
-def mask_means(values: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Mean of an ``[H, W]`` map inside each of ``[N, H, W]`` masks (0 for empty masks)."""
-    if len(masks) == 0:
-        return np.zeros(0, np.float32)
-    flat = masks.reshape(len(masks), -1)
-    sums = flat @ values.reshape(-1).astype(np.float64)
-    return (sums / np.maximum(flat.sum(1), 1)).astype(np.float32)
-
-
-def saliency_at_image(saliency: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-    """A saliency map stored at the backbone's resized resolution, resampled to the image."""
-    import cv2
-
-    return cv2.resize(saliency.astype(np.float32), (image_hw[1], image_hw[0]), interpolation=cv2.INTER_LINEAR)
 
 
 @cached_task("pool", MODULES, task_run_name="pool-{key:.8}")

@@ -1,0 +1,77 @@
+"""What the stages that label proposals share: streamed reads of pooled features, and label versions
+(one painted label map per image plus the per-proposal labels and scores) written a batch at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from maskbank.storage.layout import POOLED
+from maskbank.storage.store import Store
+from maskbank.storage.versions import publish_version
+from maskbank.tasks.paint import paint_by_score
+
+NEUTRAL_SALIENCY = 0.5
+"""Saliency of proposals whose features have no saliency head (no prior either way)."""
+
+
+def pooled_reader(st: Store, pooled_key: str, keys: Sequence[str]):
+    """A reader of the pooled features (and saliency) of images given by position in ``keys``."""
+
+    def read(images: np.ndarray, saliency: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        names = ["features", "saliency"] if saliency else ["features"]
+        arrays, _ = st.read_elements(POOLED, pooled_key, [keys[i] for i in images], names)
+        sal = None
+        if saliency:
+            sal = np.where(np.isnan(arrays["saliency"]), NEUTRAL_SALIENCY, arrays["saliency"]).astype(np.float32)
+        return arrays["features"], sal
+
+    return read
+
+
+def key_order(rows: Sequence[int], image_keys: Sequence[str]) -> list[int]:
+    """``rows`` (positions in ``image_keys``) in content-key order: the order in which the per-image stages
+    write their shards, so that reading them a block at a time reads each chunk about once, and an order
+    that does not depend on the datasets' own or on which shard finished first."""
+    return sorted(rows, key=lambda i: image_keys[i])
+
+
+def blocks(n: int, size: int) -> list[range]:
+    """Consecutive ranges of ``size`` positions over ``n``."""
+    return [range(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+class LabelVersionWriter:
+    """Paints each image's label map from its proposals' labels and scores, stores the maps a batch at a
+    time, and publishes the version with the per-proposal labels and scores."""
+
+    def __init__(self, st: Store, kind: str, version_id: str, proposals_key: str, num_classes: int,
+                 nms_iou: float | None) -> None:
+        self.st, self.kind, self.version_id = st, kind, version_id
+        self.proposals_key, self.num_classes, self.nms_iou = proposals_key, num_classes, nms_iou
+        self.maps = st.label_map_writer(version_id)
+        self.keys: list[str] = []
+        self.labels: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []
+
+    def add(self, image_key: str, image_id: str, labels: np.ndarray, scores: np.ndarray) -> None:
+        props = self.st.read_proposals(self.proposals_key, image_key)
+        label_map = paint_by_score(props.masks(), labels, scores, nms_iou=self.nms_iou, num_classes=self.num_classes)
+        self.maps.add(image_key, label_map, image_id)
+        self.keys.append(image_key)
+        self.labels.append(np.asarray(labels, np.int32))
+        self.scores.append(np.asarray(scores, np.float32))
+
+    def publish(self, params: Mapping, parents: Sequence[str], datasets: Sequence[str], code_version: str) -> str:
+        """Publish the version; returns its id."""
+        self.maps.flush()
+        cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)
+        arrays = {"image_key": np.array(self.keys),
+                  "proposal_image": np.repeat(np.arange(len(self.keys), dtype=np.int32), [len(x) for x in self.labels]),
+                  "proposal_label": cat(self.labels, np.int32), "proposal_score": cat(self.scores, np.float32)}
+        dims = {"image_key": ("image",), "proposal_image": ("proposal",), "proposal_label": ("proposal",),
+                "proposal_score": ("proposal",)}
+        info = publish_version(self.st, self.kind, params, parents, datasets, code_version=code_version,
+                               arrays=arrays, dims=dims)
+        assert info.id == self.version_id
+        return info.id
