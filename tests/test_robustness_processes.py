@@ -87,6 +87,7 @@ from maskbank.flows.stages.ingest import DatasetInput
 state = label_images(
     datasets=[DatasetInput(**d) for d in args["datasets"]], store=args["store"],
     targets=[DatasetInput(**d) for d in args["targets"]] or None,
+    # one worker, as the reference run: a worker's float sums depend on how many threads torch gives it
     params=RunParams.model_validate(args["params"]), device="cpu", workers=1, return_state=True,
 )
 out = state.result().model_dump(mode="json")
@@ -233,7 +234,7 @@ def reference(prefect_harness, data, tmp_path_factory) -> dict:
     store = str(tmp_path_factory.mktemp("reference") / "s.mb")
     summary = label_images(datasets=[DatasetInput(**d) for d in data["datasets"]], store=store,
                            targets=[DatasetInput(**d) for d in data["targets"]],
-                           params=RunParams.model_validate(_params()), device="cpu")
+                           params=RunParams.model_validate(_params()), device="cpu", workers=1)
     return _outputs(store, summary.model_dump(mode="json"))
 
 
