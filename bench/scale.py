@@ -191,6 +191,35 @@ def run_stage(stage: str, n: int, work: Path) -> dict:
     return out
 
 
+def cap_table(n: int, work: Path, caps: list[int]) -> list[dict]:
+    """Seeds' agreement with the synthetic truth on the ``n``-image collection for each evidence cap
+    (``evidence_per_class`` = cap, ``reference_images`` = 2 x cap; 0 = no cap)."""
+    from maskbank.flows.params import SeedParams
+    from maskbank.flows.stages.labels import pooled_reader
+    from maskbank.storage.layout import POOLED
+    from maskbank.storage.store import Store
+    from maskbank.tasks.metrics import ConfusionMatrix
+    from maskbank.tasks.seed import seed_images
+
+    labels = np.load(work / "labels.npy")[:n]
+    truth = _truth(np.load(work / "kinds.npy")[:n])
+    keys = json.loads((work / "keys.json").read_text())[:n]
+    st = Store.open(str(work / "store"), create=False)
+    counts = st.element_counts(POOLED, POOLED_KEY, keys)
+    rows = []
+    for cap in caps:
+        per_class, reference = (cap, 2 * cap) if cap else (n, n)
+        config = SeedParams(evidence_per_class=per_class, reference_images=reference).config()
+        t0 = time.perf_counter()
+        result = seed_images(pooled_reader(st, POOLED_KEY, keys), counts, labels, saliency=True,
+                             priority=np.arange(n), config=config)
+        cm = ConfusionMatrix(CLASSES).update(result.labels.reshape(n, PROPOSALS), truth)
+        rows.append({"evidence_per_class": per_class, "reference_images": reference, "seconds": time.perf_counter() - t0,
+                     "miou": float(cm.miou()), "accuracy": float(np.trace(cm.matrix) / cm.matrix.sum())})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def _child(args: list[str]) -> dict:
     proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
     if proc.returncode:
@@ -203,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000], help="Labelled images per collection.")
     ap.add_argument("--work", type=Path, required=True, help="Folder for the synthetic stores (tens of GB at 100k).")
     ap.add_argument("--out", type=Path, help="Results JSON (a .txt table beside it).")
+    ap.add_argument("--caps", type=int, nargs="+", help="Instead: seed the first size's collection (built if missing) "
+                    "with each evidence cap (per class; the reference sample is twice it; 0 = none) and score it.")
     ap.add_argument("--stage", choices=("build", *STAGES), help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -214,6 +245,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is None:
         ap.error("--out is required")
     origin = provenance("bench/scale.py", argv)
+    if args.caps:
+        n = args.sizes[0]
+        if not (args.work / str(n) / "store").exists():
+            _child(["--work", str(args.work), "--stage", "build", "--n", str(n)])
+        rows = cap_table(n, args.work / str(n), args.caps)
+        text = format_table(["evidence per class", "reference images", "seconds", "mIoU", "accuracy"],
+                            [[r["evidence_per_class"], r["reference_images"], f"{r['seconds']:.1f}", r["miou"],
+                              r["accuracy"]] for r in rows])
+        publish({"images": n, "caps": rows}, args.out, text, origin)
+        return
     results: dict = {"sizes": {}}
     for n in args.sizes:
         entry = {"build": _child(["--work", str(args.work), "--stage", "build", "--n", str(n)])}
