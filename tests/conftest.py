@@ -59,3 +59,20 @@ def s3_env(s3_server, monkeypatch):
     for k, v in s3_server.env().items():
         monkeypatch.setenv(k, v)
     yield f"s3://{s3_server.bucket()}/store"
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """What ``maskbank run`` would pass to the flow: the CLI's call of the flow replaced by a recorder."""
+    import typer
+
+    from maskbank import cli
+
+    seen = {}
+
+    def fake_label(**kwargs):
+        seen.update(kwargs)
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(cli, "_label", fake_label)
+    return seen

@@ -7,31 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from maskbank.tasks.seed import _assign  # assignment and label claiming are per image: unchanged
-
-
-@dataclass(frozen=True)
-class SeedConfig:
-    """Parameters of :func:`seed_proposals`."""
-
-    quantile: float = 0.75
-    """Quantile of a proposal's best matches in images *without* a class that its evidence is measured against."""
-    contrast_scale: float = 0.1
-    """Cosine contrast worth one unit of score."""
-    background_bias: float = 0.5
-    """Score of background; a class must beat it to claim a proposal."""
-    saliency_weight: float = 1.0
-    """Weight of the foreground prior's logit (0 disables it)."""
-    rounds: int = 2
-    """Refinement rounds against the current seeds of the other images."""
-    top_per_class: int = 3
-    """Seeds per class averaged when re-scoring (class-balanced: frequent classes get no extra votes)."""
-    refine_weight: float = 1.0
-    """Weight of prototype evidence (similarity to a class's seeds minus to background seeds) in refinement."""
-    temperature: float = 0.1
-    """Cosine difference worth one unit of score in refinement."""
-    claim_labels: bool = True
-    """Make every image label claim at least one proposal."""
+from maskbank.tasks.seed import SeedConfig, _assign  # the options, assignment and claiming are unchanged
 
 
 @dataclass

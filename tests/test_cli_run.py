@@ -5,22 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from maskbank import cli
-
-
-@pytest.fixture
-def captured(monkeypatch):
-    seen = {}
-
-    def fake_label(**kwargs):
-        seen.update(kwargs)
-        raise typer.Exit(0)
-
-    monkeypatch.setattr(cli, "_label", fake_label)
-    return seen
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from maskbank import cli
@@ -17,18 +16,6 @@ from maskbank.flows.execution import (
     ClusterError, WorkersError, check_scheduler, check_workers, scheduler_address, task_runner,
     torch_threads_per_worker,
 )
-
-
-@pytest.fixture
-def captured(monkeypatch):
-    seen = {}
-
-    def fake_label(**kwargs):
-        seen.update(kwargs)
-        raise typer.Exit(0)
-
-    monkeypatch.setattr(cli, "_label", fake_label)
-    return seen
 
 
 def _closed_port() -> int:
