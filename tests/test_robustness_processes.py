@@ -92,7 +92,10 @@ state = label_images(
 )
 out = state.result().model_dump(mode="json")
 out["flow_run_id"] = str(state.state_details.flow_run_id)
-out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# this process image's own peak (VmHWM): ru_maxrss would also count the parent's memory when it forked us
+status = Path("/proc/self/status")
+hwm = [line for line in status.read_text().splitlines() if line.startswith("VmHWM:")] if status.exists() else []
+out["peak_rss_mib"] = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 Path(args["out"]).write_text(json.dumps(out))
 """
 
