@@ -138,7 +138,8 @@ def _proposer(generator: str, settings: Settings):
     if generator == "stock_fp32":
         meta = SamAutomaticMaskGenerator(
             sam.to(resolve_device(settings.device)),
-            points_per_side=base.points_per_side, points_per_batch=base.points_per_batch,
+            points_per_side=base.points_per_side,
+            points_per_batch=base.prompts_per_batch(resolve_device(settings.device)),
             pred_iou_thresh=base.pred_iou_thresh, stability_score_thresh=base.stability_score_thresh,
             box_nms_thresh=base.box_nms_thresh, output_mode="coco_rle",
         )

@@ -82,6 +82,7 @@ def label_images(
     credentials: str | None = None,
     workers: Annotated[int, Field(ge=1)] = DEFAULT_WORKERS,
     dask: str | None = None,
+    batch: Annotated[int, Field(ge=1)] | None = None,
 ) -> RunSummary:
     """Pseudo-label ``datasets`` (images with image-level labels) and, by retrieval, label ``targets``.
 
@@ -99,6 +100,8 @@ def label_images(
             the flow's process, each with an equal share of the cores.
         dask: address of a running Dask scheduler (tcp://host:8786) whose workers run those shards instead;
             they need maskbank installed, this run's Prefect API and result storage, and the store.
+        batch: images per forward pass of SAM's encoder and of the backbone; unset, 1 on a CPU and 8 on CUDA.
+            Results do not depend on it beyond float rounding, and stored outputs are reused whatever it is.
     """
     log = get_run_logger()
     if dask:
@@ -118,10 +121,10 @@ def label_images(
     pk, fk = proposals_key(p.propose), features_key(p.embed)
     with shard_runner(workers, dask) as runner:
         proposals = _per_image("propose", propose_shard, jobs, p.shard_size, runner, store=store, key=pk,
-                               params=p.propose, device=device, verify=verify)
+                               params=p.propose, device=device, batch=batch, verify=verify)
         clock.lap("propose")
         features = _per_image("embed", embed_shard, jobs, p.shard_size, runner, store=store, key=fk,
-                              params=p.embed, device=device, verify=verify)
+                              params=p.embed, device=device, batch=batch, verify=verify)
         clock.lap("embed")
         skipped = sorted({s for r in proposals + features for s in r.skipped})
         skip = sorted({k for k, _ in skipped})

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from maskbank.tasks.embed import EmbedConfig
 from maskbank.tasks.propose import ProposerConfig
 from maskbank.tasks.purify import MIN_AREA_FRACTION
 from maskbank.tasks.retrieve import DEFAULT_K
@@ -27,7 +28,7 @@ class ProposeParams(_Params):
     model: str = Field("mobile_sam", description="Checkpoint name from `maskbank weights list` (mobile_sam, sam_vit_b, sam_vit_l, sam_vit_h).")
     input_size: int = Field(ProposerConfig.input_size, description="SAM encoder input side: 1024 native; 512 (vit_t only) is about 4x faster but leaves about half the pixels outside every proposal (BENCHMARKS.md).")
     points_per_side: int = Field(ProposerConfig.points_per_side, ge=1, description="Point prompts per image side.")
-    points_per_batch: int = Field(ProposerConfig.points_per_batch, ge=1, description="Prompts decoded at once (16 keeps the decoder in CPU cache; raise it on a GPU).")
+    points_per_batch: int | None = Field(ProposerConfig.points_per_batch, ge=1, description="Prompts decoded at once; unset: 16 on a CPU (keeps the decoder in cache), 256 on CUDA.")
     pred_iou_thresh: float = Field(ProposerConfig.pred_iou_thresh, ge=0, le=1, description="Keep masks whose predicted IoU is at least this.")
     stability_score_thresh: float = Field(ProposerConfig.stability_score_thresh, ge=0, le=1, description="Keep masks whose stability score is at least this.")
     box_nms_thresh: float = Field(ProposerConfig.box_nms_thresh, ge=0, le=1, description="Box NMS threshold between masks.")
@@ -40,9 +41,10 @@ class EmbedParams(_Params):
     """Dense patch features of a frozen backbone."""
 
     model: str = Field("dinov2_s", description="Backbone checkpoint name (dinov2_s, facebook/dinov2-small, hf:<repo>).")
-    layer: int = Field(10, description="Hidden state used (10 of 12 is this DINOv2-S's best block; negative counts from the end).")
-    long_side: int = Field(448, ge=14, description="Image long side fed to the backbone, in pixels.")
+    layer: int = Field(EmbedConfig.layer, description="Hidden state used (10 of 12 is this DINOv2-S's best block; negative counts from the end).")
+    long_side: int = Field(EmbedConfig.long_side, ge=14, description="Image long side fed to the backbone, in pixels.")
     saliency: bool = Field(True, description="Also store the backbone's foreground-saliency map, when the checkpoint has a saliency head.")
+    bf16: bool = Field(EmbedConfig.bf16, description="bfloat16 autocast of the backbone (faster on a GPU; features at bfloat16 precision).")
 
 
 class SeedParams(_Params):

@@ -108,5 +108,5 @@ def extractor(params: EmbedParams, device: str = "auto") -> FeatureExtractor:
     head = None
     if params.saliency and (folder / SALIENCY_HEAD_FILE).is_file():
         head = load_saliency_head(folder)
-    config = EmbedConfig(layer=params.layer, long_side=params.long_side, device=device)
+    config = EmbedConfig(layer=params.layer, long_side=params.long_side, device=device, bf16=params.bf16)
     return FeatureExtractor(load_backbone(folder), config, saliency_head=head)

@@ -71,6 +71,7 @@ def _print_summary(summary) -> None:
 
 WORKERS_HELP = "Shards of the per-image stages run at once in this many threads (cores are shared out among them) [default: 2]."
 DASK_HELP = "Run the per-image shards on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786) instead."
+BATCH_HELP = "Images per forward pass of SAM's encoder and the backbone [default: 1 on a CPU, 8 on CUDA]."
 
 
 @app.command()
@@ -90,9 +91,10 @@ def run(
     verify: bool = typer.Option(False, help="Check every stored output used against its content hash; recompute damaged ones."),
     workers: Optional[str] = typer.Option(None, metavar="N", help=WORKERS_HELP),
     dask: Optional[str] = typer.Option(None, metavar="ADDRESS", help=DASK_HELP),
+    batch: Optional[str] = typer.Option(None, metavar="N", help=BATCH_HELP),
 ) -> None:
     """Pseudo-label the labelled datasets and label the targets by retrieval (runs the flow locally)."""
-    execution = _execution(workers, dask)
+    execution = _execution(workers, dask, batch)
     overrides = {"propose.points_per_side": points_per_side, "propose.input_size": input_size,
                  "retrieve.rule": rule, "shard_size": shard_size}
     params = _params(params_file, overrides)
@@ -105,9 +107,9 @@ def run(
     _print_summary(summary)
 
 
-def _execution(workers: Optional[str], dask: Optional[str]) -> dict:
-    """The flow's ``workers`` and ``dask`` parameters, checked before any work: a one-line error, exit code 2.
-    Without ``--workers`` the flow's default applies."""
+def _execution(workers: Optional[str], dask: Optional[str], batch: Optional[str] = None) -> dict:
+    """The flow's ``workers``, ``dask`` and ``batch`` parameters, checked before any work: a one-line error,
+    exit code 2. Without ``--workers`` the flow's default applies."""
     from maskbank.flows.execution import ClusterError, WorkersError, check_scheduler, check_workers
 
     out = {}
@@ -116,6 +118,10 @@ def _execution(workers: Optional[str], dask: Optional[str]) -> dict:
             out["workers"] = check_workers(int(workers))
         except (ValueError, WorkersError):
             fail(f"--workers must be a whole number of at least 1, got {workers!r}")
+    if batch is not None:
+        if not batch.isdigit() or int(batch) < 1:
+            fail(f"--batch must be a whole number of at least 1, got {batch!r}")
+        out["batch"] = int(batch)
     if dask is None:
         return out
     try:
@@ -150,11 +156,12 @@ def demo(
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     workers: Optional[str] = typer.Option(None, metavar="N", help=WORKERS_HELP),
     dask: Optional[str] = typer.Option(None, metavar="ADDRESS", help=DASK_HELP),
+    batch: Optional[str] = typer.Option(None, metavar="N", help=BATCH_HELP),
 ) -> None:
     """Run the whole flow on the bundled sample with the default models and print the mIoU."""
     from maskbank.flows.params import RunParams
 
-    execution = _execution(workers, dask)
+    execution = _execution(workers, dask, batch)
     root = sample_root()
     location = checked_location(store)
     summary = _label(datasets=[_dataset(str(root), "train2017")], store=location,

@@ -9,6 +9,7 @@ tokens back to image pixels.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -61,7 +62,8 @@ class FeatureGrid:
 
 
 class FeatureExtractor:
-    """Runs a ViT backbone (``transformers``, e.g. ``Dinov2Model``) on one ``uint8[H, W, 3]`` RGB image at a time.
+    """Runs a ViT backbone (``transformers``, e.g. ``Dinov2Model``) on ``uint8[H, W, 3]`` RGB images, one at a
+    time or in batches (:meth:`batch`: images whose token grids are equal share a forward pass).
 
     Prefix tokens (CLS and any registers) are dropped: the patch tokens are the last ``Hp * Wp`` of the
     sequence. Position embeddings are interpolated to the padded size. With a ``saliency_head`` (e.g.
@@ -102,23 +104,38 @@ class FeatureExtractor:
         ph, pw = geometry.padded_hw
         return torch.nn.functional.pad(x, (0, pw - rw, 0, ph - rh))[None]
 
-    @torch.no_grad()
     def __call__(self, image: np.ndarray) -> FeatureGrid:
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-            raise ValueError(f"image must be a uint8[H, W, 3] RGB array, got {got}")
-        geometry = self.geometry((image.shape[0], image.shape[1]))
-        x = self.preprocess(image, geometry).to(self.device)
+        return self.batch([image])[0]
+
+    @torch.no_grad()
+    def batch(self, images: Sequence[np.ndarray]) -> list[FeatureGrid]:
+        """The feature grid of each of ``images``. Images with equal padded sizes run in one forward pass
+        (a ViT's tokens attend to the whole input, so images are never padded to each other's size)."""
+        for image in images:
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+                raise ValueError(f"image must be a uint8[H, W, 3] RGB array, got {got}")
+        geometries = [self.geometry((im.shape[0], im.shape[1])) for im in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, g in enumerate(geometries):
+            groups.setdefault(g.padded_hw, []).append(i)
+        out: list[FeatureGrid | None] = [None] * len(images)
+        for members in groups.values():
+            x = torch.cat([self.preprocess(images[i], geometries[i]) for i in members]).to(self.device)
+            for i, grid in zip(members, self._forward(x, [geometries[i] for i in members])):
+                out[i] = grid
+        return out
+
+    def _forward(self, x: torch.Tensor, geometries: list[PatchGeometry]) -> list[FeatureGrid]:
+        """Feature grids of a batch ``x`` of preprocessed images, one per geometry (all of one padded size)."""
         with autocast(self.device, self.config.bf16):
             out = self.model(pixel_values=x, **self._forward_kwargs)
-        hidden = out.hidden_states[self.config.layer][0]
-        gh, gw = geometry.grid_hw
-        tokens = hidden[hidden.shape[0] - gh * gw :]
-        features = tokens.reshape(gh, gw, -1).to(torch.float16).cpu().numpy()
-        saliency = None
+        gh, gw = geometries[0].grid_hw
+        hidden = out.hidden_states[self.config.layer]
+        features = hidden[:, hidden.shape[1] - gh * gw :].reshape(len(x), gh, gw, -1).to(torch.float16).cpu().numpy()
+        saliency = [None] * len(x)
         if self.saliency_head is not None:
             last = out.last_hidden_state[:, out.last_hidden_state.shape[1] - gh * gw :].float()
-            prob = self.saliency_head(last, (gh, gw), geometry.padded_hw)[0, 0]
-            rh, rw = geometry.resized_hw
-            saliency = prob[:rh, :rw].to(torch.float16).cpu().numpy()
-        return FeatureGrid(features, geometry, saliency)
+            prob = self.saliency_head(last, (gh, gw), geometries[0].padded_hw)[:, 0].to(torch.float16).cpu().numpy()
+            saliency = [p[: g.resized_hw[0], : g.resized_hw[1]] for p, g in zip(prob, geometries)]
+        return [FeatureGrid(f, g, s) for f, g, s in zip(features, geometries, saliency)]

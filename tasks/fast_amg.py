@@ -8,7 +8,9 @@ that changes how each crop is processed, not what is kept:
   whose three outputs all fail the predicted-IoU threshold;
 - only masks that pass the predicted-IoU threshold are upsampled to the image (the stock generator
   upsamples all three outputs of every prompt first), in chunks of bounded memory;
-- box NMS runs on the boxes of the upsampled masks, and only the masks it keeps are run-length encoded.
+- box NMS runs on the boxes of the upsampled masks, and only the masks it keeps are run-length encoded;
+- :meth:`~FastMaskGenerator.generate_batch` runs the image encoder once over a batch of images (on a GPU,
+  one image leaves most of it idle), then generates each image's masks from its share of the features.
 
 Stability score, box and edge filters are computed exactly as in the stock generator, on the same
 full-resolution logits. With ``bf16`` the image encoder runs under bfloat16 autocast and the point
@@ -18,7 +20,7 @@ decoder in bfloat16.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,48 @@ class FastMaskGenerator(SamAutomaticMaskGenerator):
         super().__init__(model, **kwargs)
         self.bf16 = bf16
         self.decoder = PointDecoder(model, torch.bfloat16 if bf16 else None)
+        self._encoded: torch.Tensor | None = None  # the next image's features, from generate_batch
+
+    @torch.no_grad()
+    def encode(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Image-encoder features ``[B, C, h, w]`` of ``uint8[H, W, 3]`` RGB images of any sizes, in one
+        forward pass: each image is resized and padded to the encoder's square input as ``set_image`` does."""
+        p = self.predictor
+        inputs = [
+            p.model.preprocess(
+                torch.as_tensor(p.transform.apply_image(im), device=p.device).permute(2, 0, 1).contiguous()[None]
+            )
+            for im in images
+        ]
+        with autocast(p.device, self.bf16):
+            return p.model.image_encoder(torch.cat(inputs))
+
+    def generate_batch(self, images: Sequence[np.ndarray]) -> list[list[dict[str, Any]]]:
+        """``generate`` for each image, the encoder run once over all of them. With crop layers (several
+        crops per image) each image is encoded on its own, as ``generate`` does."""
+        if self.crop_n_layers > 0 or len(images) < 2:
+            return [self.generate(im) for im in images]
+        features = self.encode(images)
+        records = []
+        for image, encoded in zip(images, features):
+            self._encoded = encoded[None]
+            try:
+                records.append(self.generate(image))
+            finally:
+                self._encoded = None
+        return records
+
+    def _set_image(self, image: np.ndarray) -> None:
+        """Give the predictor ``image``: its features from ``generate_batch`` when there are, else encoded now."""
+        p = self.predictor
+        if self._encoded is None:
+            with autocast(p.device, self.bf16):
+                p.set_image(image)
+            return
+        p.reset_image()
+        p.original_size = image.shape[:2]
+        p.input_size = p.transform.get_preprocess_shape(*image.shape[:2], p.model.image_encoder.img_size)
+        p.features, p.is_image_set = self._encoded, True
 
     def _process_crop(
         self,
@@ -64,8 +108,7 @@ class FastMaskGenerator(SamAutomaticMaskGenerator):
         x0, y0, x1, y1 = crop_box
         cropped_im = image[y0:y1, x0:x1, :]
         cropped_im_size = cropped_im.shape[:2]
-        with autocast(self.predictor.device, self.bf16):
-            self.predictor.set_image(cropped_im)
+        self._set_image(cropped_im)
         self.decoder.set_image(self.predictor.features)
 
         points_scale = np.array(cropped_im_size)[None, ::-1]

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from maskbank.tasks.bank import PrototypeBank
+from maskbank.tasks.models.device import resolve_device
 
 RULES = ("majority", "class_balanced", "knn_weighted")
 DEFAULT_NEIGHBOURS = 25  # k of both neighbour rules, "majority" and "knn_weighted" (ModuSeg: 25)
@@ -34,13 +35,6 @@ MIN_QUERY_NORM = 1e-6
 UNASSIGNED = -1
 
 Allowed = np.ndarray | Sequence[Iterable[int]]
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a ``torch.device``; ``None`` means CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def allowed_matrix(allowed: Allowed, num_queries: int, num_classes: int) -> np.ndarray:
@@ -64,7 +58,7 @@ class BankIndex:
     """A ``PrototypeBank`` resident on ``device``, sorted by class, ready for repeated queries."""
 
     def __init__(
-        self, bank: PrototypeBank, device: str | torch.device | None = None, memory_budget: int = 256 * 2**20
+        self, bank: PrototypeBank, device: str | torch.device = "auto", memory_budget: int = 256 * 2**20
     ) -> None:
         if memory_budget < 1:
             raise ValueError(f"memory_budget must be positive, got {memory_budget}")
@@ -206,7 +200,7 @@ def classify(
     k: int | None = None,
     allowed: Allowed | None = None,
     margin: bool = False,
-    device: str | torch.device | None = None,
+    device: str | torch.device = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Label each ``[Q, C]`` query by retrieval over ``bank``: ``(int32[Q], float32[Q], float32[Q, K])``.
 

@@ -40,6 +40,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from maskbank.tasks.models.device import resolve_device
+
 
 @dataclass(frozen=True)
 class SeedConfig:
@@ -259,7 +261,7 @@ def seed_images(
         priority: ``[I]`` order in which images enter the capped evidence groups (image order when None).
         progress: called with the number of proposals of each block scored (once per pass).
     """
-    device = torch.device(device)
+    device = resolve_device(device)
     counts = np.asarray(counts, np.int64)
     image_labels = np.asarray(image_labels).astype(bool)
     total = int(counts.sum())

@@ -156,3 +156,30 @@ def test_saliency_head_output_matches_the_head_on_final_tokens(tiny_dinov2):
         expected = head(out.last_hidden_state[:, 1:], (gh, gw), g.padded_hw)[0, 0, : g.resized_hw[0], : g.resized_hw[1]]
     np.testing.assert_allclose(grid.saliency.astype(np.float32), expected.numpy(), atol=2e-3)
     assert FeatureExtractor(tiny_dinov2, EmbedConfig(long_side=60, layer=-1, device="cpu"))(image).saliency is None
+
+
+def test_a_batch_gives_each_image_its_own_grid(tiny_dinov2):
+    """Images of equal padded size share a forward pass, others get their own; every grid (and saliency map)
+    equals the image's own to float rounding, in the order of the images."""
+    from maskbank.tasks.models.saliency import SaliencyHead
+
+    torch.manual_seed(0)
+    head = SaliencyHead(in_dim=TINY["hidden_size"], channels=(8, 8, 8)).eval()
+    fx = FeatureExtractor(tiny_dinov2, EmbedConfig(long_side=56, layer=-1, device="cpu"), saliency_head=head)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, hw + (3,), dtype=np.uint8) for hw in ((42, 56), (56, 20), (40, 56), (1, 1))]
+    batched = fx.batch(images)
+    assert [g.geometry for g in batched] == [fx.geometry(im.shape[:2]) for im in images]
+    assert batched[0].geometry.padded_hw == batched[2].geometry.padded_hw != batched[1].geometry.padded_hw
+    for image, got in zip(images, batched):
+        alone = fx(image)
+        np.testing.assert_allclose(got.features.astype(np.float32), alone.features.astype(np.float32), atol=2e-3)
+        np.testing.assert_allclose(got.saliency.astype(np.float32), alone.saliency.astype(np.float32), atol=2e-3)
+    assert fx.batch([]) == []
+
+
+def test_flow_defaults_are_the_extractor_defaults():
+    from maskbank.flows.params import EmbedParams
+
+    config, params = EmbedConfig(), EmbedParams()
+    assert (params.layer, params.long_side, params.bf16) == (config.layer, config.long_side, config.bf16)

@@ -1,6 +1,7 @@
-"""Where the per-image shards run: the ``workers`` and ``dask`` options are checked before any work (one-line
-errors), a scheduler address is put in canonical form, torch's thread count is shared out and restored, and
-each thread gets a mask proposer of its own (a proposer holds the image it is working on)."""
+"""Where and how the per-image shards run: the ``workers``, ``dask`` and ``batch`` options are checked before
+any work (one-line errors), a scheduler address is put in canonical form, torch's thread count is shared out
+and restored, each thread gets a mask proposer of its own (a proposer holds the image it is working on), and a
+shard's images go through the models in batches that an unreadable image does not sink."""
 
 from __future__ import annotations
 
@@ -97,7 +98,63 @@ def test_workers_reach_the_flow(captured, tmp_path):
     out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(tmp_path),
                                        "--workers", "2"])
     assert out.exit_code == 0, out.output
-    assert captured["workers"] == 2 and "dask" not in captured
+    assert captured["workers"] == 2 and "dask" not in captured and "batch" not in captured
+
+
+@pytest.mark.parametrize("batch", ["0", "-2", "abc", "1.5"])
+def test_bad_batch_is_a_one_line_error_before_any_work(captured, tmp_path, batch):
+    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(tmp_path),
+                                       "--batch", batch])
+    assert out.exit_code == 2 and not captured
+    assert out.output.strip() == f"error: --batch must be a whole number of at least 1, got {batch!r}"
+
+
+def test_batch_reaches_the_flow(captured, tmp_path):
+    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(tmp_path),
+                                       "--batch", "4"])
+    assert out.exit_code == 0, out.output
+    assert captured["batch"] == 4
+
+
+def test_images_per_batch_follows_the_device_unless_set():
+    import torch
+
+    from maskbank.tasks.models.device import IMAGES_PER_BATCH, images_per_batch
+
+    assert images_per_batch(torch.device("cpu")) == IMAGES_PER_BATCH["cpu"] == 1
+    assert images_per_batch(torch.device("cuda")) == IMAGES_PER_BATCH["cuda"]
+    assert images_per_batch(torch.device("cpu"), 5) == 5
+    with pytest.raises(ValueError, match="at least 1"):
+        images_per_batch(torch.device("cpu"), 0)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 10])
+def test_a_shard_runs_in_batches_and_skips_only_unreadable_images(tmp_path, batch):
+    from maskbank.flows.stages.common import ImageJob, run_shard
+    from maskbank.storage.datasets import ImageError
+    from maskbank.storage.layout import PROPOSALS
+    from maskbank.storage.store import Store
+
+    store = Store.open(str(tmp_path / "s"), create=True)
+    jobs = [ImageJob(key=f"{i:02d}", path=f"/images/{i}.jpg") for i in range(7)]
+    calls, written = [], []
+
+    class Out:
+        def __init__(self, key):
+            self.key = key
+
+    def compute(group):
+        calls.append([j.key for j in group])
+        bad = next((j for j in group if j.key in ("02", "05")), None)
+        if bad is not None:
+            raise ImageError(f"cannot read {bad.path}")
+        return [Out(j.key) for j in group]
+
+    ref = run_shard(store, PROPOSALS, "k", jobs, compute, lambda outs: written.extend(o.key for o in outs), batch)
+    assert written == ref.computed == ["00", "01", "03", "04", "06"]
+    assert ref.skipped == [("02", "cannot read /images/2.jpg"), ("05", "cannot read /images/5.jpg")]
+    assert max(len(c) for c in calls) == min(batch, 7)
+    assert calls[0] == [j.key for j in jobs[:batch]]
 
 
 def test_torch_threads_are_shared_out_and_restored(monkeypatch):

@@ -69,6 +69,48 @@ def test_proposer_any_size(tiny_sam, hw):
     _check_well_formed(props, hw)
 
 
+@pytest.mark.parametrize("generator", ["fast", "stock"])
+def test_a_batch_gives_each_image_its_own_proposals(tiny_sam, generator):
+    """One encoder pass over images of different sizes (and a one-pixel-wide one) gives the proposals that
+    each image gets alone, to float rounding: the same masks but for a rare pixel at a mask's threshold."""
+    proposer = MaskProposer(tiny_sam, ProposerConfig(bf16=False, generator=generator, **LOOSE))
+    images = [_two_rectangles(), _two_rectangles(40, 64)[::-1].copy(), np.zeros((1, 9, 3), np.uint8),
+              _two_rectangles(64, 23)]
+    batched = proposer.batch(images)
+    assert len(batched) == len(images)
+    for image, got in zip(images, batched):
+        alone = proposer(image)
+        _check_well_formed(got, image.shape[:2])
+        assert len(got) == len(alone)
+        assert (got.masks() != alone.masks()).sum() <= max(1, got.masks().size // 10_000)
+        np.testing.assert_allclose(got.predicted_iou, alone.predicted_iou, atol=1e-5)
+        np.testing.assert_allclose(got.stability_score, alone.stability_score, atol=1e-5)
+    assert len(batched[2]) == 0 and len(batched[0]) > 100
+
+
+def test_encoder_batch_equals_one_image_at_a_time(tiny_sam):
+    from maskbank.tasks.fast_amg import FastMaskGenerator
+
+    gen = MaskProposer(tiny_sam, ProposerConfig(bf16=False, **LOOSE)).generator
+    assert isinstance(gen, FastMaskGenerator)
+    images = [_two_rectangles(), _two_rectangles(40, 64)]
+    batch = gen.encode(images)
+    for image, features in zip(images, batch):
+        gen.predictor.set_image(image)
+        torch.testing.assert_close(features[None], gen.predictor.features, atol=1e-5, rtol=1e-4)
+    gen.predictor.reset_image()
+
+
+def test_points_per_batch_follows_the_device_unless_set(tiny_sam):
+    from maskbank.tasks.propose import POINTS_PER_BATCH
+
+    unset = {**LOOSE, "points_per_batch": None}
+    assert MaskProposer(tiny_sam, ProposerConfig(**unset)).generator.points_per_batch == POINTS_PER_BATCH["cpu"]
+    assert MaskProposer(tiny_sam, ProposerConfig(**{**unset, "points_per_batch": 7})).generator.points_per_batch == 7
+    with pytest.raises(ValueError, match="points_per_batch"):
+        ProposerConfig(points_per_batch=0)
+
+
 def test_proposer_thresholds_filter(tiny_sam):
     img = _two_rectangles()
     loose = MaskProposer(tiny_sam, ProposerConfig(bf16=False, **LOOSE))(img)

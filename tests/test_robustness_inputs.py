@@ -107,7 +107,8 @@ def odd_folder(tmp_path_factory, sample_root) -> Path:
 @pytest.fixture(scope="module")
 def odd_run(prefect_harness, odd_folder, tmp_path_factory):
     store = tmp_path_factory.mktemp("odd-store") / "s.mb"
-    return store, _run([{"path": str(odd_folder)}], store)
+    # Images go through the models in batches of 3, so the unreadable one meets readable ones in a batch.
+    return store, _run([{"path": str(odd_folder)}], store, batch=3)
 
 
 def test_unreadable_images_are_skipped_with_reasons(odd_run):

@@ -78,20 +78,30 @@ def cached_task(name: str, modules: Sequence[str], **options) -> Callable:
 
 
 def run_shard(
-    store: Store, stage: str, key: str, jobs: Sequence[ImageJob], compute: Callable[[ImageJob], ImageOutput],
-    write: Callable[[list[ImageOutput]], list[str]],
+    store: Store, stage: str, key: str, jobs: Sequence[ImageJob],
+    compute: Callable[[list[ImageJob]], list[ImageOutput]], write: Callable[[list[ImageOutput]], list[str]],
+    batch: int = 1,
 ) -> ShardRef:
-    """Run ``compute`` for every job without an output yet, then ``write`` the outputs in one commit;
-    unreadable images are skipped."""
+    """Run ``compute`` over the jobs without an output yet, ``batch`` jobs at a time, then ``write`` the
+    outputs in one commit. Unreadable images are skipped: a batch that meets one is computed again an image
+    at a time, so the others still get their outputs."""
     t0 = time.perf_counter()
+    todo = [job for job in jobs if not store.has_item(stage, key, job.key)]
     outputs, skipped = [], []
-    for job in jobs:
-        if store.has_item(stage, key, job.key):
-            continue
+    for start in range(0, len(todo), batch):
+        group = todo[start : start + batch]
         try:
-            outputs.append(compute(job))
+            outputs.extend(compute(group))
+            continue
         except ImageError as e:
-            skipped.append((job.key, str(e)))
+            if len(group) == 1:
+                skipped.append((group[0].key, str(e)))
+                continue
+        for job in group:
+            try:
+                outputs.extend(compute([job]))
+            except ImageError as e:
+                skipped.append((job.key, str(e)))
     write(outputs)
     return ShardRef(
         store=store.url, stage=stage, key=key, image_keys=[j.key for j in jobs],

@@ -10,6 +10,8 @@ from maskbank.flows.stages.common import ImageJob, cached_task, run_shard
 from maskbank.storage.datasets import load_rgb
 from maskbank.storage.layout import FEATURES
 from maskbank.storage.store import ImageOutput, Store
+from maskbank.tasks.models.device import images_per_batch
+
 MODULES = ("maskbank.tasks.embed", "maskbank.tasks.geometry", "maskbank.tasks.models.backbone",
            "maskbank.tasks.models.saliency", __name__)
 
@@ -19,13 +21,17 @@ def features_key(params: EmbedParams) -> str:
 
 
 @cached_task("embed", MODULES, task_run_name="embed-{key:.8}")
-def embed_shard(store: str, key: str, jobs: list[ImageJob], params: EmbedParams, device: str = "auto") -> ShardRef:
-    """Feature grids (and, when the backbone has a head, saliency maps) for a shard of images."""
+def embed_shard(
+    store: str, key: str, jobs: list[ImageJob], params: EmbedParams, device: str = "auto", batch: int | None = None,
+) -> ShardRef:
+    """Feature grids (and, when the backbone has a head, saliency maps) for a shard of images, ``batch``
+    images per forward pass (unset: the device's default)."""
     st = Store.open(store, create=False)
     fx = runtime.extractor(params, device)
 
-    def compute(job: ImageJob) -> ImageOutput:
-        grid = fx(load_rgb(job.path, exif_transpose=job.exif_transpose))
-        return st.features_output(job.key, grid.features, grid.geometry, grid.saliency)
+    def compute(group: list[ImageJob]) -> list[ImageOutput]:
+        grids = fx.batch([load_rgb(job.path, exif_transpose=job.exif_transpose) for job in group])
+        return [st.features_output(job.key, g.features, g.geometry, g.saliency) for job, g in zip(group, grids)]
 
-    return run_shard(st, FEATURES, key, jobs, compute, lambda outs: st.write_features(key, outs))
+    return run_shard(st, FEATURES, key, jobs, compute, lambda outs: st.write_features(key, outs),
+                     images_per_batch(fx.device, batch))

@@ -36,4 +36,5 @@ def pool_shard(store: str, key: str, jobs: list[ImageJob], proposals_key: str, f
         h, w = props.image_hw
         return st.pooled_output(job.key, pooled, saliency, props.area.astype(np.float32) / (h * w), (h, w))
 
-    return run_shard(st, POOLED, key, jobs, compute, lambda outs: st.write_pooled(key, outs))
+    return run_shard(st, POOLED, key, jobs, lambda group: [compute(j) for j in group],
+                     lambda outs: st.write_pooled(key, outs))

@@ -10,6 +10,7 @@ from maskbank.flows.stages.common import ImageJob, cached_task, run_shard
 from maskbank.storage.datasets import load_rgb
 from maskbank.storage.layout import PROPOSALS
 from maskbank.storage.store import ImageOutput, Store
+from maskbank.tasks.models.device import images_per_batch
 from maskbank.tasks.propose import non_overlapping
 
 MODULES = ("maskbank.tasks.propose", "maskbank.tasks.proposals", "maskbank.tasks.fast_amg",
@@ -23,15 +24,22 @@ def proposals_key(params: ProposeParams) -> str:
 
 
 @cached_task("propose", MODULES, task_run_name="propose-{key:.8}")
-def propose_shard(store: str, key: str, jobs: list[ImageJob], params: ProposeParams, device: str = "auto") -> ShardRef:
-    """Proposals for a shard of images; images already stored under ``key`` are not recomputed."""
+def propose_shard(
+    store: str, key: str, jobs: list[ImageJob], params: ProposeParams, device: str = "auto", batch: int | None = None,
+) -> ShardRef:
+    """Proposals for a shard of images, ``batch`` images per encoder pass (unset: the device's default);
+    images already stored under ``key`` are not recomputed."""
     st = Store.open(store, create=False)
     model = runtime.proposer(params, device)
 
-    def compute(job: ImageJob) -> ImageOutput:
-        image = load_rgb(job.path, exif_transpose=job.exif_transpose)
-        props = non_overlapping(model(image), model.config.min_area_pixels(image.shape[:2]))
-        return st.proposals_output(job.key, props.rles, props.predicted_iou, props.stability_score, props.bbox,
-                                   props.area, props.image_hw)
+    def compute(group: list[ImageJob]) -> list[ImageOutput]:
+        images = [load_rgb(job.path, exif_transpose=job.exif_transpose) for job in group]
+        outputs = []
+        for job, image, props in zip(group, images, model.batch(images)):
+            props = non_overlapping(props, model.config.min_area_pixels(image.shape[:2]))
+            outputs.append(st.proposals_output(job.key, props.rles, props.predicted_iou, props.stability_score,
+                                               props.bbox, props.area, props.image_hw))
+        return outputs
 
-    return run_shard(st, PROPOSALS, key, jobs, compute, lambda outs: st.write_proposals(key, outs))
+    return run_shard(st, PROPOSALS, key, jobs, compute, lambda outs: st.write_proposals(key, outs),
+                     images_per_batch(model.device, batch))

@@ -7,8 +7,11 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 
-def resolve_device(pref: str = "auto") -> torch.device:
-    """Turn ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a device."""
+def resolve_device(pref: str | torch.device = "auto") -> torch.device:
+    """Turn ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (or a device) into
+    a device."""
+    if isinstance(pref, torch.device):
+        pref = str(pref)
     if pref == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -20,6 +23,21 @@ def resolve_device(pref: str = "auto") -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {pref!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
     return device
+
+
+IMAGES_PER_BATCH = {"cpu": 1, "cuda": 8}
+"""Images an image model (SAM's encoder, the feature backbone) takes in one forward pass unless told: one on a
+CPU, where the run's worker threads already keep every core busy, and eight on CUDA, where one image leaves most
+of the GPU idle."""
+
+
+def images_per_batch(device: torch.device, batch: int | None = None) -> int:
+    """``batch`` when given (at least 1), else the default of ``device``'s type (:data:`IMAGES_PER_BATCH`)."""
+    if batch is None:
+        return IMAGES_PER_BATCH[device.type]
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    return batch
 
 
 def autocast(device: torch.device, bf16: bool) -> AbstractContextManager:
