@@ -10,7 +10,7 @@ from maskbank.flows.keys import code_version
 from maskbank.flows.params import BankParams
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.common import cached_task
-from maskbank.flows.stages.labels import blocks
+from maskbank.flows.stages.labels import blocks, key_order
 from maskbank.storage.layout import BANK
 from maskbank.storage.store import Store
 from maskbank.storage.versions import publish_version, read_version, version_exists, version_id
@@ -56,7 +56,7 @@ def build_bank(
     row_of = {k: i for i, k in enumerate(collection.image_keys)}
     classes = [collection.labels[row_of[k]] or [] for k in keys]
     builder = BankBuilder(collection.class_names, max_per_class=params.max_prototypes_per_class)
-    by_key = sorted(range(len(keys)), key=keys.__getitem__)  # which images fill a class does not depend on order
+    by_key = key_order(range(len(keys)), keys)  # which images fill a class does not depend on the datasets' order
     for block in blocks(len(by_key), BLOCK_IMAGES):  # a block of images in flight at a time
         todo = [by_key[b] for b in block if not builder.full([0, *classes[by_key[b]]])]
         parts = [dask.delayed(_image_prototypes)(store, features_key, labels_version.id, keys[j], classes[j], params)

@@ -43,7 +43,7 @@ def seed_collection(
                        what="proposals scored, all rounds") as progress:
         result = seed_images(
             pooled_reader(st, pooled_key, keys), counts, multi_hot([collection.labels[i] for i in rows], num_classes),
-            saliency=True, priority=np.argsort(np.argsort(keys, kind="stable")), config=params.config(),
+            saliency=True, config=params.config(),  # images in key order: the caps take the first by key
             device=resolve_device(device), progress=progress.advance,
         )
     out = LabelVersionWriter(st, KIND, vid, proposals_key, num_classes, nms_iou=None)
