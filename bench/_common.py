@@ -125,12 +125,6 @@ def fold_confusion(matrix: np.ndarray, target: ConfusionMatrix) -> ConfusionMatr
     return target
 
 
-def pixel_accuracy(matrix: np.ndarray) -> float:
-    """Share of counted pixels whose prediction is their truth (NaN when none is counted)."""
-    total = int(np.asarray(matrix).sum())
-    return float(np.trace(matrix) / total) if total else math.nan
-
-
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Left-aligned text columns; floats as 4 decimals, None as '-'."""
     def cell(v: object) -> str:

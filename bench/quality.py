@@ -69,7 +69,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable from
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
-    ProposalTruth, fold_confusion, format_table, owner_map, pixel_accuracy, proposal_confusion,
+    ProposalTruth, fold_confusion, format_table, owner_map, proposal_confusion,
     provenance, publish, resize_nearest,
 )
 from maskbank.flows.params import (  # noqa: E402
@@ -86,7 +86,7 @@ from maskbank.storage.datasets.coco import write_coco_subset  # noqa: E402
 from maskbank.storage.store import Store  # noqa: E402
 from maskbank.storage.versions import read_version  # noqa: E402
 from maskbank.tasks.bank import BankBuilder, PrototypeBank, prototypes_for_image  # noqa: E402
-from maskbank.tasks.metrics import ConfusionMatrix, covers_voc, fit_to_truth, miou  # noqa: E402
+from maskbank.tasks.metrics import ConfusionMatrix, covers_voc, fit_to_truth, miou, pixel_accuracy  # noqa: E402
 from maskbank.tasks.models.device import resolve_device  # noqa: E402
 from maskbank.tasks.purify import PurifyParams  # noqa: E402
 from maskbank.tasks.retrieve import BankIndex  # noqa: E402
@@ -135,6 +135,12 @@ SEED_GRID: list[dict] = (
     + [{"saliency_weight": w} for w in (0.0, 1.0)]
     + [{"background_bias": b} for b in (0.0, 0.5, 1.0)]
     + [{"claim_labels": c} for c in (False, True)]
+    # The evidence caps: out of reach (every image is evidence, as before there were caps), and lowered until
+    # they bind on a small set (defaults: 128 images per class, 256 reference).
+    + [{"evidence_per_class": 10**6, "reference_images": 10**6}]
+    + [{"evidence_per_class": n} for n in (1, 2)]
+    + [{"reference_images": n} for n in (20, 40, 80)]
+    + [{"evidence_per_class": 2, "reference_images": 40}]
 )
 # Settings that change proposals or features: each reruns the flows (sharing the store) and scores VARIANT_ROWS.
 VARIANT_GRID: list[tuple[str, dict]] = (
@@ -238,6 +244,9 @@ class BankImages:
         self.label_maps = [resize_nearest(m, g.image_hw) for m, (_, g) in zip(label_maps, self.grids)]
         self.classes = [im.labels for im in images]
         self.class_names = class_names
+        keys = [im.key for im in images]
+        self.rank = {j: r for r, j in enumerate(sorted(range(len(keys)), key=keys.__getitem__))}
+        """Each image's place in content-key order: the order the flow's bank stage keeps its prototypes in."""
         self._prototypes: dict[tuple[int, PurifyParams], tuple[np.ndarray, np.ndarray]] = {}
 
     def bank(self, params: BankParams, purify: PurifyParams | None = None) -> PrototypeBank:
@@ -247,7 +256,7 @@ class BankImages:
             p = purify or purify_params(params, geometry.image_hw)
             if (j, p) not in self._prototypes:
                 self._prototypes[j, p] = prototypes_for_image(features, geometry, label_map, classes, p)
-            builder.add(j, *self._prototypes[j, p])
+            builder.add(self.rank[j], *self._prototypes[j, p])
         return builder.build(drop_ratio=params.filter_ratio)
 
 
@@ -268,7 +277,18 @@ def retrieval_scores(bank: PrototypeBank, params: RetrieveParams, images: Sequen
 
 def seed_labels(images: Sequence[Image], num_classes: int, params: SeedParams,
                 device: torch.device) -> list[np.ndarray]:
-    """Per-proposal seed labels of ``images`` as one labelled collection, as the flow's seed stage makes them."""
+    """Per-proposal seed labels of ``images`` as one labelled collection, as the flow's seed stage makes them
+    (images in content-key order, which decides the ones a capped evidence group takes)."""
+    order = sorted(range(len(images)), key=lambda j: images[j].key)
+    labels = _seed_labels([images[j] for j in order], num_classes, params, device)
+    out: list[np.ndarray] = [np.empty(0)] * len(images)
+    for j, lab in zip(order, labels):
+        out[j] = lab
+    return out
+
+
+def _seed_labels(images: Sequence[Image], num_classes: int, params: SeedParams,
+                 device: torch.device) -> list[np.ndarray]:
     features = np.concatenate([im.features for im in images])
     saliency = np.concatenate([im.saliency for im in images])
     index = np.concatenate([np.full(len(im.features), j, np.int64) for j, im in enumerate(images)])

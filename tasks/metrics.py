@@ -145,15 +145,25 @@ def miou(cm: np.ndarray, classes: Sequence[int] | None = None, absent_as_zero: b
     return float(present.mean()) if present.size else float("nan")
 
 
-def summarise(cm: ConfusionMatrix, names: list[str]) -> dict:
-    """mIoU (absent classes skipped, and counted as 0), classes present and IoU per class name (``None``
-    when absent) of ``cm``."""
-    iou = cm.iou()
+def pixel_accuracy(cm: np.ndarray) -> float:
+    """Share of counted pixels whose prediction is their truth (NaN when none is counted)."""
+    total = int(np.asarray(cm).sum())
+    return float(np.trace(cm) / total) if total else float("nan")
+
+
+def summarise(cm: ConfusionMatrix, names: list[str], background: bool = True) -> dict:
+    """mIoU (absent classes skipped, and counted as 0), classes present, pixel accuracy and IoU per class
+    name (``None`` when absent) of ``cm``. Without ``background`` (a class list without one, whose index 0 is
+    only a placeholder) class 0 is left out of the means and the per-class IoU; a pixel left at 0 still
+    counts against its true class."""
+    classes = np.arange(0 if background else 1, cm.num_classes)
+    iou = cm.iou()[classes]
     return {
-        "miou": float(cm.miou()),
-        "miou_absent_as_zero": float(cm.miou(absent_as_zero=True)),
+        "miou": float(cm.miou(classes)),
+        "miou_absent_as_zero": float(cm.miou(classes, absent_as_zero=True)),
         "classes_present": int(np.isfinite(iou).sum()),
-        "iou": {n: (None if not np.isfinite(v) else float(v)) for n, v in zip(names, iou)},
+        "pixel_accuracy": pixel_accuracy(cm.matrix),
+        "iou": {names[c]: (None if not np.isfinite(v) else float(v)) for c, v in zip(classes, iou)},
     }
 
 

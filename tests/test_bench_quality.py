@@ -14,11 +14,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._common import (  # noqa: E402
-    ProposalTruth, fold_confusion, format_table, owner_map, pixel_accuracy, proposal_confusion,
-    resize_nearest,
+    ProposalTruth, fold_confusion, format_table, owner_map, proposal_confusion, resize_nearest,
 )
 from maskbank.tasks.classes import VOC_CLASSES  # noqa: E402
-from maskbank.tasks.metrics import ConfusionMatrix  # noqa: E402
+from maskbank.tasks.metrics import ConfusionMatrix, pixel_accuracy  # noqa: E402
 from maskbank.tasks.paint import paint_by_score  # noqa: E402
 
 

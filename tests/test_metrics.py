@@ -111,8 +111,17 @@ def test_summarise_names_each_class_iou():
     out = summarise(cm, ["a", "b", "c", "d"])
     assert out["miou"] == pytest.approx((0.5 + 4 / 6 + 0.5) / 3)
     assert out["miou_absent_as_zero"] == pytest.approx((0.5 + 4 / 6 + 0.5) / 4)
-    assert out["classes_present"] == 3
+    assert out["classes_present"] == 3 and out["pixel_accuracy"] == pytest.approx(8 / 11)
     assert out["iou"] == {"a": 0.5, "b": pytest.approx(4 / 6), "c": 0.5, "d": None}
+
+
+def test_summarise_without_background_leaves_class_0_out_of_the_means():
+    cm = ConfusionMatrix(4).update(PRED, TRUTH)
+    out = summarise(cm, ["background", "b", "c", "d"], background=False)
+    assert out["miou"] == pytest.approx((4 / 6 + 0.5) / 2)
+    assert out["miou_absent_as_zero"] == pytest.approx((4 / 6 + 0.5) / 3)
+    assert out["classes_present"] == 2 and "background" not in out["iou"]
+    assert out["pixel_accuracy"] == summarise(cm, ["background", "b", "c", "d"])["pixel_accuracy"]
 
 
 def test_covers_voc_by_voc_or_coco_names():
