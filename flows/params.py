@@ -59,8 +59,10 @@ class SeedParams(_Params):
     evidence_per_class: int = Field(_SEED.evidence_per_class, ge=1, description="Images labelled with a class that a proposal is compared with (the first by content key); beyond it seeding samples, so memory and time stay linear in the collection.")
     reference_images: int = Field(_SEED.reference_images, ge=1, description="Images of the reference sample (the first by content key) that a proposal's matches in images without a class are measured over.")
 
-    def config(self) -> SeedConfig:
-        return SeedConfig(**self.model_dump())
+    def config(self, background: bool = True) -> SeedConfig:
+        """The seeding settings; ``background``: whether the collection's class list has a background class
+        (a property of the datasets, not a seeding parameter)."""
+        return SeedConfig(**self.model_dump(), background=background)
 
 
 class BankParams(_Params):

@@ -25,6 +25,10 @@ class DatasetRef(_Ref):
     labels: list[list[int] | None]
     """Class indices of each image (no background); None for unlabelled images."""
     has_truth: list[bool]
+    has_background: bool = True
+    """Whether the class list has a background class; without one (scene datasets) seeding never assigns
+    background to a labelled image's proposals, the bank has no background prototypes and evaluation leaves
+    background out of the mean."""
     skipped: list[tuple[str, str]] = []
     notes: list[str] = []
     parts: list[str] = []

@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from maskbank.commands import evaluate as evaluate_commands
+from maskbank.commands import export as export_commands
 from maskbank.commands import inspect as inspect_commands
 from maskbank.commands import server as server_commands
 from maskbank.commands import versions as versions_commands
@@ -21,6 +23,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(help="maskbank: pixel-level labels from image-level labels, without training.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
+evaluate_commands.register(app)
+export_commands.register(app)
 inspect_commands.register(app)
 server_commands.register(app)
 versions_commands.register(app)

@@ -65,6 +65,11 @@ class SeedConfig:
     """Cosine difference worth one unit of score in refinement."""
     claim_labels: bool = True
     """Make every image label claim at least one proposal."""
+    background: bool = True
+    """Whether a proposal may be background. False for collections whose class list has no background (scene
+    datasets: every pixel is one of the image's labels): a proposal of a labelled image then takes one of its
+    labels, the foreground prior is not used, and refinement compares a proposal's classes with each other
+    instead of with background seeds. An image without labels still gets background."""
     evidence_per_class: int = 128
     """Images labelled with a class that serve as its evidence (the first in priority order)."""
     reference_images: int = 256
@@ -224,6 +229,18 @@ def _seed_banks(labels: np.ndarray, reference: _Group, positives: dict[int, _Gro
     return banks
 
 
+def _relative_evidence(proto: np.ndarray, allowed: np.ndarray, background: bool) -> np.ndarray:
+    """Prototype evidence ``[q, K]`` relative to background's seeds (with ``background``), else to the mean of
+    the proposal's allowed classes; nan where a class (or what it is compared with) has no seed elsewhere."""
+    if background:
+        rel = proto - proto[:, :1]
+        rel[:, 0] = 0.0
+        return rel
+    seen = allowed & np.isfinite(proto)
+    centre = np.where(seen, proto, 0.0).sum(1, keepdims=True) / np.maximum(seen.sum(1, keepdims=True), 1)
+    return np.where(seen.any(1, keepdims=True), proto - centre, np.nan)
+
+
 def _prototype_similarity(q: torch.Tensor, owner: np.ndarray, allowed: np.ndarray, banks: dict[int, _Rows],
                           top: int) -> np.ndarray:
     """``[q, K]``: mean of the ``top`` best cosines to seeds of each allowed class in *other* images (nan if none)."""
@@ -272,14 +289,15 @@ def seed_images(
                                              config.reference_images, priority)
     reference = _group(ref_images, counts, offsets, read, device)
     positives = {c: _group(v, counts, offsets, read, device) for c, v in pos_images.items()}
-    use_sal = saliency and config.saliency_weight > 0
+    use_sal = saliency and config.saliency_weight > 0 and config.background
     blocks = _blocks(counts, config.block)
 
     def block_inputs(a: int, b: int, sal: bool):
         feats, s = read(np.arange(a, b), sal)
         owner = np.repeat(np.arange(a, b), counts[a:b])
         allowed = image_labels[owner]
-        allowed[:, 0] = True
+        # Without background, only a proposal of an image without labels may take it.
+        allowed[:, 0] = True if config.background else ~allowed[:, 1:].any(1)
         return torch.as_tensor(np.asarray(feats, np.float32), device=device), s, owner, allowed
 
     labels = np.zeros(total, np.int64)
@@ -308,9 +326,7 @@ def seed_images(
             base = np.full(allowed.shape, -np.inf, np.float32)
             base[allowed] = values
             proto = _prototype_similarity(q, owner, allowed, banks, config.top_per_class)
-            # Evidence relative to the background seeds; none where a class (or background) has no seed elsewhere.
-            rel = (proto - proto[:, :1]) / config.temperature
-            rel[:, 0] = 0.0
+            rel = _relative_evidence(proto, allowed, config.background) / config.temperature
             final = base + config.refine_weight * np.nan_to_num(rel, nan=0.0)
             final = np.where(allowed, final, -np.inf).astype(np.float32)
             lo, hi = offsets[a], offsets[b]

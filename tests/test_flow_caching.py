@@ -145,3 +145,50 @@ def test_inspect_at_a_version_shows_the_run_that_published_it(first_run):
 
     assert {first.pseudo_labels, first.bank, first.predictions} <= listed(then.output)
     assert listed(then.output) < listed(now.output)  # later runs published more; that commit does not show it
+
+
+def test_evaluate_scores_a_stored_version_as_the_run_did(first_run, data, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from maskbank.cli import app
+
+    store, summary, _ = first_run
+    _, train, _ = data
+    out = CliRunner().invoke(app, ["evaluate", str(store), summary.pseudo_labels[:12], "--truth", str(train),
+                                   "--out", str(tmp_path / "m.json")])
+    assert out.exit_code == 0, out.output
+    written = json.loads((tmp_path / "m.json").read_text())
+    expected = summary.pseudo_label_metrics["classes"]
+    assert written["version"] == summary.pseudo_labels and written["images"] == 3
+    assert written["classes"]["miou"] == pytest.approx(expected["miou"])
+    assert written["classes"]["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"])
+    lines = out.output.splitlines()
+    assert lines[0].startswith(f"pseudo_labels {summary.pseudo_labels}: mIoU {expected['miou']:.4f}")
+    for name, iou in expected["iou"].items():
+        assert any(line.split() == [*name.split(), "-" if iou is None else f"{iou:.4f}"] for line in lines), name
+
+
+def test_evaluate_refuses_what_it_cannot_score_in_one_line(first_run, data, tmp_path, sample_root):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from maskbank.cli import app
+
+    store, summary, _ = first_run
+    _, train, _ = data
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "a.jpg")
+    (folder / "labels.csv").write_text("image,labels\na.jpg,person\n")
+    cases = {
+        "no version matching 'zzzz'": [str(store), "zzzz", "--truth", str(train)],
+        f"version {summary.bank} is a bank version": [str(store), summary.bank, "--truth", str(train)],
+        "no image has pixel truth": [str(store), summary.pseudo_labels, "--truth", str(folder)],
+        "not a maskbank store": [str(tmp_path / "nowhere"), summary.pseudo_labels, "--truth", str(train)],
+    }
+    for message, args in cases.items():
+        out = CliRunner().invoke(app, ["evaluate", *args])
+        lines = out.output.strip().splitlines()
+        assert out.exit_code == 2 and len(lines) == 1 and message in lines[0], (message, out.output)

@@ -21,3 +21,15 @@ def test_combined_collection_keeps_each_images_orientation():
     assert pooled.exif_transpose == [False, False, True]
     assert [(j.key, j.exif_transpose) for j in jobs_of(pooled)] == [("a-raw", False), ("b-raw", False), ("c", True)]
     assert pooled.fingerprints == [coco.fingerprint, folder.fingerprint]
+
+
+def test_dataset_inputs_carry_every_reading_option_to_the_reader(tmp_path):
+    from pathlib import Path
+
+    from maskbank.flows.stages.ingest import DatasetInput
+
+    spec = DatasetInput(path=str(tmp_path), format="masks", classes=["sky", "road"], ignore_index=0,
+                        background=False).spec()
+    assert (spec.format, spec.classes, spec.ignore_index, spec.background) == ("masks", ("sky", "road"), 0, False)
+    assert DatasetInput(path=str(tmp_path), classes="c.txt").spec().classes == Path("c.txt")
+    assert DatasetInput(path=str(tmp_path)).spec().ignore_index is None

@@ -80,6 +80,33 @@ def test_claimed_labels_and_saliency_moves_background():
     np.testing.assert_array_equal(res2.labels[:2], [0, 1])
 
 
+def test_without_background_every_proposal_takes_one_of_its_image_labels():
+    """A scene collection (sky, grass, cow; no background class): every proposal of a labelled image gets one
+    of its labels, the right one, in every round, whatever the foreground prior says; an image labelled with
+    nothing keeps background."""
+    rng = np.random.default_rng(1)
+    axes = np.eye(DIM)
+    scenes = [(1, 2), (1, 2, 3), (2, 3), (1, 3), (1, 2), (2, 3), (1, 2, 3), ()]
+    labels = np.zeros((len(scenes), 4), bool)
+    feats, index, truth = [], [], []
+    for i, classes in enumerate(scenes):
+        labels[i, list(classes)] = True
+        for c in classes or (0,):
+            for _ in range(2):
+                feats.append(axes[c] + 0.05 * rng.standard_normal(DIM))
+                index.append(i)
+                truth.append(c)
+    feats, index, truth = _unit(np.array(feats, np.float32)), np.array(index), np.array(truth)
+    for rounds in (0, 2):
+        config = SeedConfig(rounds=rounds, background=False)
+        res = seed_proposals(feats, index, labels, config=config)
+        np.testing.assert_array_equal(res.labels, truth)
+        assert np.all(np.isfinite(res.scores))
+        salient = seed_proposals(feats, index, labels, saliency=rng.uniform(0, 1, len(feats)).astype(np.float32),
+                                 config=config)
+        np.testing.assert_array_equal(salient.labels, truth)
+
+
 def test_empty_input():
     res = seed_proposals(np.zeros((0, 4), np.float32), np.zeros(0, int), np.zeros((2, 3), bool))
     assert res.labels.shape == (0,) and res.scores.shape == (0,)

@@ -32,11 +32,12 @@ def purify_params(params: BankParams, image_hw: tuple[int, int]) -> PurifyParams
 
 
 def _image_prototypes(store: str, features_key: str, labels_version: str, image_key: str, classes: list[int],
-                      params: BankParams) -> tuple[np.ndarray, np.ndarray]:
+                      params: BankParams, background: bool) -> tuple[np.ndarray, np.ndarray]:
     st = Store.open(store, create=False)
     features, geometry = st.read_features(features_key, image_key)
     label_map = st.read_label_map(labels_version, image_key)
-    return prototypes_for_image(features, geometry, label_map, classes, purify_params(params, geometry.image_hw))
+    return prototypes_for_image(features, geometry, label_map, classes, purify_params(params, geometry.image_hw),
+                                background=0 if background else None)
 
 
 @cached_task("bank", MODULES)
@@ -47,7 +48,7 @@ def build_bank(
     st = Store.open(store, create=False)
     seeds = read_version(st, labels_version.id)
     keys = [str(k) for k in seeds.arrays["image_key"]]
-    vparams = {"bank": params.model_dump(), "features": features_key}
+    vparams = {"bank": params.model_dump(), "features": features_key, "background": collection.has_background}
     code = code_version(MODULES)
     vid = version_id(KIND, vparams, [labels_version.id], collection.fingerprints, code_version=code)
     if version_exists(st, vid):
@@ -56,11 +57,12 @@ def build_bank(
     row_of = {k: i for i, k in enumerate(collection.image_keys)}
     classes = [collection.labels[row_of[k]] or [] for k in keys]
     builder = BankBuilder(collection.class_names, max_per_class=params.max_prototypes_per_class)
+    background = [0] if collection.has_background else []  # a class list without background has no such prototypes
     by_key = key_order(range(len(keys)), keys)  # which images fill a class does not depend on the datasets' order
     for block in blocks(len(by_key), BLOCK_IMAGES):  # a block of images in flight at a time
-        todo = [by_key[b] for b in block if not builder.full([0, *classes[by_key[b]]])]
-        parts = [dask.delayed(_image_prototypes)(store, features_key, labels_version.id, keys[j], classes[j], params)
-                 for j in todo]
+        todo = [by_key[b] for b in block if not builder.full([*background, *classes[by_key[b]]])]
+        parts = [dask.delayed(_image_prototypes)(store, features_key, labels_version.id, keys[j], classes[j], params,
+                                                 collection.has_background) for j in todo]
         for j, (vectors, labels) in zip(todo, dask.compute(*parts, scheduler="threads")):
             builder.add(j, vectors, labels)
     bank = builder.build(drop_ratio=params.filter_ratio)

@@ -28,7 +28,8 @@ def evaluate(store: str, datasets: list[DatasetInput], collection: DatasetRef, l
     """Score ``labels_version``'s label maps on every image of ``collection`` that has truth."""
     st = Store.open(store, create=False)
     code = code_version(MODULES)
-    vid = version_id(KIND, {}, [labels_version.id], collection.fingerprints, code_version=code)
+    vparams = {"background": collection.has_background}
+    vid = version_id(KIND, vparams, [labels_version.id], collection.fingerprints, code_version=code)
     if version_exists(st, vid):
         return VersionRef(store=store, id=vid, kind=KIND, metrics=get_version(st, vid).metrics)
 
@@ -56,13 +57,14 @@ def evaluate(store: str, datasets: list[DatasetInput], collection: DatasetRef, l
             if voc is not None:
                 voc.update(pred, truth)
             n += 1
-    metrics = {"images": n, "classes": summarise(cm, names), "skipped": [list(s) for s in skipped]}
+    metrics = {"images": n, "classes": summarise(cm, names, collection.has_background),
+               "skipped": [list(s) for s in skipped]}
     arrays, dims = {"confusion": cm.matrix}, {"confusion": ("truth", "prediction")}
     if voc is not None:
         metrics["voc21"] = summarise(voc, list(VOC_CLASSES))
         arrays["confusion_voc21"] = voc.matrix
         dims["confusion_voc21"] = ("truth_voc", "prediction_voc")
-    publish_version(st, KIND, {}, [labels_version.id], collection.fingerprints, code_version=code, arrays=arrays,
+    publish_version(st, KIND, vparams, [labels_version.id], collection.fingerprints, code_version=code, arrays=arrays,
                     dims=dims, metrics=metrics)
     return VersionRef(store=store, id=vid, kind=KIND, metrics=metrics)
 

@@ -20,13 +20,16 @@ class DatasetInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str = Field(description="COCO root or instances json, VOC root, image folder, or labels file (.csv/.json).")
-    format: str = Field("auto", description="auto, coco, voc or folder.")
+    path: str = Field(description="COCO root or instances json, VOC root, images/ + masks/ folder, image folder, or labels file (.csv/.json).")
+    format: str = Field("auto", description="auto, coco, voc, masks or folder.")
     split: str | None = Field(None, description="COCO split (train2017) or VOC image set (train, val).")
     images: str | None = Field(None, description="Images folder, when not the format's default.")
     labels: str | None = Field(None, description="Labels file (VOC, folder).")
     rename: dict[str, str] = Field(default_factory=dict, description="Rename or merge classes: {source name: new name}.")
     skip_unknown: bool = Field(False, description="Drop unknown class names in a labels file instead of failing.")
+    classes: list[str] | str | None = Field(None, description="Class list (names, or a classes.txt/.json file) of a folder, masks or VOC-layout dataset, instead of its own.")
+    ignore_index: int | None = Field(None, description="Mask value of pixels to ignore (masks datasets; unset: 255).")
+    background: bool | None = Field(None, description="Whether the class list has a background class (unset: detected from a class named 'background').")
 
     @property
     def name_hint(self) -> str:
@@ -66,7 +69,8 @@ def ingest(dataset: DatasetInput, store: str, verify: bool = False) -> DatasetRe
         store=st.url, fingerprint=fp, name=ds.name, class_names=ds.class_names,
         image_ids=ds.image_ids, image_keys=keys, paths=[str(Path(r.path)) for r in ds.records],
         exif_transpose=[ds.exif_transpose] * len(ds.records), labels=[None if r.labels is None else list(r.labels) for r in ds.records],
-        has_truth=[r.has_truth for r in ds.records], skipped=list(ds.skipped), notes=list(ds.notes),
+        has_truth=[r.has_truth for r in ds.records], has_background=ds.has_background, skipped=list(ds.skipped),
+        notes=list(ds.notes),
     )
 
 
@@ -80,6 +84,9 @@ def combine(refs: list[DatasetRef]) -> DatasetRef:
             raise ValueError(
                 f"datasets {first.name!r} and {r.name!r} have different class lists; rename classes to match"
             )
+        if r.has_background != first.has_background:
+            raise ValueError(f"datasets {first.name!r} and {r.name!r} differ in whether their classes include "
+                             "background; set `background` on one of them")
     ids = [i for r in refs for i in r.image_ids]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -92,6 +99,7 @@ def combine(refs: list[DatasetRef]) -> DatasetRef:
         store=first.store, fingerprint=digest(sorted(r.fingerprint for r in refs))[:64],
         name="+".join(r.name for r in refs), class_names=first.class_names, image_ids=ids,
         image_keys=cat("image_keys"), paths=cat("paths"), exif_transpose=cat("exif_transpose"),
-        labels=cat("labels"), has_truth=cat("has_truth"), skipped=cat("skipped"), notes=cat("notes"),
+        labels=cat("labels"), has_truth=cat("has_truth"), has_background=first.has_background,
+        skipped=cat("skipped"), notes=cat("notes"),
         parts=[r.fingerprint for r in refs],
     )

@@ -31,7 +31,8 @@ def seed_collection(
     rows = [i for i in collection.labelled_indices() if collection.image_keys[i] not in set(skip or ())]
     rows = key_order(rows, collection.image_keys)
     keys = [collection.image_keys[i] for i in rows]
-    vparams = {"seed": params.model_dump(), "proposals": proposals_key, "pooled": pooled_key, "images": digest(keys)}
+    vparams = {"seed": params.model_dump(), "background": collection.has_background, "proposals": proposals_key,
+               "pooled": pooled_key, "images": digest(keys)}
     code = code_version(MODULES)
     vid = version_id(KIND, vparams, datasets=collection.fingerprints, code_version=code)
     if version_exists(st, vid) and not st.label_maps_missing(vid, keys):
@@ -43,7 +44,7 @@ def seed_collection(
                        what="proposals scored, all rounds") as progress:
         result = seed_images(
             pooled_reader(st, pooled_key, keys), counts, multi_hot([collection.labels[i] for i in rows], num_classes),
-            saliency=True, config=params.config(),  # images in key order: the caps take the first by key
+            saliency=True, config=params.config(background=collection.has_background),  # images in key order: the caps take the first by key
             device=resolve_device(device), progress=progress.advance,
         )
     out = LabelVersionWriter(st, KIND, vid, proposals_key, num_classes, nms_iou=None)

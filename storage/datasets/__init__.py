@@ -1,4 +1,4 @@
-"""Dataset readers (COCO, PASCAL VOC, folder + labels file) into one :class:`Dataset` type."""
+"""Dataset readers (COCO, PASCAL VOC, folder + labels file, class-index masks) into one :class:`Dataset` type."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from maskbank.storage.datasets.coco import find_coco, read_coco
 from maskbank.storage.datasets.folder import read_folder
 from maskbank.storage.datasets.images import MAX_WORKING_PIXELS, ImageError, image_size, load_rgb, working_size
 from maskbank.storage.datasets.manifest import Dataset, ImageRecord
+from maskbank.storage.datasets.masks import is_masks, read_masks
 from maskbank.storage.datasets.voc import VOC_CLASSES, is_voc, read_voc
 
-Format = Literal["auto", "coco", "voc", "folder"]
+Format = Literal["auto", "coco", "voc", "folder", "masks"]
 
 __all__ = [
     "BACKGROUND", "MAX_WORKING_PIXELS", "ClassMap", "Dataset", "DatasetError", "DatasetSpec", "ImageError",
@@ -27,11 +28,15 @@ class DatasetSpec:
     """Where a dataset is and how to read it.
 
     ``path``: a COCO root (with ``annotations/instances_<split>.json``) or instances json, a VOC root, a
-    folder of images, or a labels file (``.csv``/``.json``) beside its images. ``format="auto"`` detects
-    which. ``images`` overrides the images folder (COCO, folder); ``labels`` names a labels file (VOC,
-    folder); ``classes`` fixes a folder's class list (list or text file); ``rename`` maps source class names
-    to new ones (two names to one merge; ``"background"`` folds a class into background);
-    ``skip_unknown`` drops unknown label names instead of raising.
+    folder of images, a labels file (``.csv``/``.json``) beside its images, or a masks folder (``images/``,
+    ``masks/`` and ``classes.txt``/``classes.json``). ``format="auto"`` detects which. ``images`` overrides
+    the images folder (COCO, folder, masks); ``labels`` names a labels file (VOC, folder, masks);
+    ``classes`` fixes a folder's class list, or a masks or VOC dataset's list by mask value (list or text
+    file); ``rename`` maps source class names to new ones (two names to one merge; ``"background"`` folds a
+    class into background); ``skip_unknown`` drops unknown label names instead of raising.
+    ``ignore_index`` is the mask value of ignored pixels (masks; ``None``: 255); ``background`` says
+    whether a class list has a background class (masks, VOC with a class list; ``None``: a class named
+    ``background`` or ``_background_`` is it, see ``Dataset.has_background``).
     """
 
     path: Path
@@ -42,6 +47,8 @@ class DatasetSpec:
     classes: tuple[str, ...] | Path | None = None
     rename: Mapping[str, str] = field(default_factory=dict)
     skip_unknown: bool = False
+    ignore_index: int | None = None
+    background: bool | None = None
     name: str | None = None
 
     @classmethod
@@ -65,21 +72,33 @@ def open_dataset(path_or_spec: str | Path | DatasetSpec | Mapping, **options) ->
     else:
         spec = DatasetSpec.from_dict({"path": path_or_spec, **options})
     fmt = spec.format if spec.format != "auto" else detect_format(spec.path)
+    if spec.ignore_index is not None and fmt != "masks":
+        raise DatasetError(f"ignore_index applies to masks datasets only, not {fmt}")
+    if spec.background is not None and fmt not in ("masks", "voc"):
+        raise DatasetError(f"background applies to masks and VOC datasets with a class list only, not {fmt}")
     if fmt == "coco":
         ann, images = find_coco(spec.path, spec.split, spec.images)
         return read_coco(ann, images, rename=spec.rename, name=spec.name)
     if fmt == "voc":
-        return read_voc(spec.path, spec.split, spec.labels, spec.rename, spec.skip_unknown, spec.name)
+        return read_voc(
+            spec.path, spec.split, spec.labels, spec.rename, spec.skip_unknown, spec.name,
+            classes=spec.classes, background=spec.background,
+        )
     if fmt == "folder":
         root, labels = spec.path, spec.labels
         if root.is_file():
             root, labels = root.parent, labels or root
         return read_folder(root, spec.images, labels, spec.classes, spec.rename, spec.skip_unknown, spec.name)
-    raise DatasetError(f"unknown dataset format {fmt!r}; use coco, voc or folder")
+    if fmt == "masks":
+        return read_masks(
+            spec.path, spec.images, spec.labels, spec.classes, spec.rename, spec.skip_unknown,
+            ignore_index=spec.ignore_index, background=spec.background, name=spec.name,
+        )
+    raise DatasetError(f"unknown dataset format {fmt!r}; use coco, voc, folder or masks")
 
 
 def detect_format(path: str | Path) -> Format:
-    """``coco``, ``voc`` or ``folder`` from what is at ``path``."""
+    """``coco``, ``voc``, ``masks`` or ``folder`` from what is at ``path``."""
     path = Path(path)
     if path.is_file():
         if path.suffix.lower() == ".json" and _looks_like_coco(path):
@@ -93,6 +112,8 @@ def detect_format(path: str | Path) -> Format:
         return "coco"
     if is_voc(path):
         return "voc"
+    if is_masks(path):
+        return "masks"
     return "folder"
 
 

@@ -21,14 +21,25 @@ class ClassMap:
     ``class_names[0]`` is ``"background"``; ``class_names[1:]`` are the renamed classes in order of first
     appearance. ``source_to_index[i]`` is the dataset index of source class ``i``; two sources renamed to
     one name share an index (a merge), and a source renamed to ``"background"`` maps to 0.
+
+    ``has_background`` records whether index 0 stands for pixels the source calls background: true for
+    COCO, VOC and folders, and for any class list with a background class or a class renamed to
+    ``"background"``. False for a class list without one (MSRC-21, CamVid): there every labelled pixel
+    belongs to a named class and index 0 is a placeholder that no label or truth pixel uses. It is
+    recorded for later stages to consult (what background means there is theirs to decide).
     """
 
     source_names: tuple[str, ...]
     class_names: tuple[str, ...]
     source_to_index: tuple[int, ...]
+    has_background: bool = True
 
     @classmethod
-    def build(cls, source_names: Sequence[str], rename: Mapping[str, str] | None = None) -> ClassMap:
+    def build(
+        cls, source_names: Sequence[str], rename: Mapping[str, str] | None = None, has_background: bool = True
+    ) -> ClassMap:
+        """The map of ``source_names`` (background excluded) renamed by ``rename``; ``has_background``: whether
+        the source has a background class (a rename into background makes it so)."""
         names = [str(n) for n in source_names]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -46,7 +57,7 @@ class ClassMap:
             if target not in final:
                 final.append(target)
             to_index.append(final.index(target))
-        return cls(tuple(names), tuple(final), tuple(to_index))
+        return cls(tuple(names), tuple(final), tuple(to_index), has_background or 0 in to_index)
 
     @property
     def num_classes(self) -> int:

@@ -44,6 +44,8 @@ class Dataset:
     """An image collection with image-level labels and optional pixel truth.
 
     ``class_names[0]`` is ``"background"``; labels and truth use indices into ``class_names``.
+    ``has_background`` says whether index 0 is a real class of the source or only that placeholder (a class
+    list without background, see :class:`ClassMap`).
     ``skipped`` lists ``(image_id, reason)`` for images the reader could not use; ``notes`` says what was
     read in a way worth knowing (empty label sets, dropped unknown names). ``exif_transpose`` says whether
     images are shown with their EXIF orientation applied (off where annotations refer to stored pixels).
@@ -73,6 +75,10 @@ class Dataset:
     @property
     def ignore_index(self) -> int:
         return self.classes.ignore_index
+
+    @property
+    def has_background(self) -> bool:
+        return self.classes.has_background
 
     @property
     def image_ids(self) -> list[str]:

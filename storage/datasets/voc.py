@@ -4,6 +4,11 @@
 1..20 classes, 255 ignore) and ``<root>/ImageSets/Segmentation/<split>.txt``. Image-level labels come from
 a labels file when one is given (names are the 20 standard class names; rows name ``<id>`` or
 ``<id>.jpg``), otherwise from each truth PNG (its values minus 0 and 255).
+
+A root with a class list beside ``JPEGImages/`` (``classes.txt`` or ``classes.json``, see :mod:`class_list`)
+or a given ``classes`` list has those classes instead: truth PNG value ``i`` is class ``i`` of the list
+(palette PNGs read as indices), 255 is ignore, and a list without a background class records
+``has_background=False``. Without one the classes and palette are VOC's own.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from maskbank.storage.datasets.class_list import MaskClasses, mask_classes_of
 from maskbank.storage.datasets.classes import ClassMap, DatasetError
 from maskbank.storage.datasets.hashing import FileHasher
 from maskbank.storage.datasets.images import ImageError, image_size
 from maskbank.storage.datasets.labels_file import empty_label_notes, read_labels_file, to_indices
 from maskbank.storage.datasets.manifest import Dataset, ImageRecord
+from maskbank.storage.datasets.masks import MaskTruth, read_index_png
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -44,19 +51,28 @@ def read_voc(
     rename: Mapping[str, str] | None = None,
     skip_unknown: bool = False,
     name: str | None = None,
+    classes: Sequence[str] | str | Path | None = None,
+    background: bool | None = None,
 ) -> Dataset:
-    """Read the images of ``split`` (or, without split files, every truth PNG and labels-file row)."""
+    """Read the images of ``split`` (or, without split files, every truth PNG and labels-file row).
+
+    ``classes`` (a list or a file) overrides the root's class list; ``background`` fixes whether that list
+    has a background class (``None``: by name).
+    """
     root = Path(root)
     if not is_voc(root):
         raise DatasetError(
             f"{root}: not a VOC folder (needs JPEGImages/ and SegmentationClass/ or ImageSets/Segmentation/)"
         )
-    classes = ClassMap.build(VOC_CLASSES, rename)
+    mask_classes = mask_classes_of(root, classes, rename, background)
+    if mask_classes is None and background is False:
+        raise DatasetError(f"{root}: VOC's own classes have a background; background=False needs a class list")
+    class_map = ClassMap.build(VOC_CLASSES, rename) if mask_classes is None else mask_classes.classes
     seg_dir = root / "SegmentationClass"
     notes: list[str] = []
     file_labels: dict[str, tuple[int, ...] | None] | None = None
     if labels is not None:
-        rows, notes = to_indices(read_labels_file(labels), classes, skip_unknown, labels)
+        rows, notes = to_indices(read_labels_file(labels), class_map, skip_unknown, labels)
         file_labels = {}
         for rel, lab in rows.items():
             base = PurePosixPath(rel).name
@@ -83,12 +99,11 @@ def read_voc(
         if file_labels is not None:
             lab = file_labels.get(image_id)
         elif has_truth:
-            try:
-                values = np.unique(_read_index_png(png))
-            except DatasetError as e:  # its labels come from this truth: without it the image is unusable
+            try:  # its labels come from this truth: without it the image is unusable
+                lab = _truth_labels(png, class_map, mask_classes)
+            except DatasetError as e:
                 skipped.append((image_id, str(e)))
                 continue
-            lab = classes.labels(int(v) - 1 for v in values if 0 < v < 255)
         else:
             lab = None
         if has_truth:
@@ -97,13 +112,20 @@ def read_voc(
     return Dataset(
         name=name or (f"voc-{split}" if split else root.name),
         root=root,
-        classes=classes,
+        classes=class_map,
         records=records,
-        truth_source=VocTruth(classes, truth_pngs),
+        truth_source=VocTruth(class_map, truth_pngs) if mask_classes is None else MaskTruth(mask_classes, truth_pngs),
         skipped=skipped,
         notes=notes + empty_label_notes({r.image_id: r.labels for r in records}),
         exif_transpose=False,
     )
+
+
+def _truth_labels(png: Path, classes: ClassMap, mask_classes: MaskClasses | None) -> tuple[int, ...]:
+    if mask_classes is not None:
+        return mask_classes.labels(read_index_png(png), png)
+    values = np.unique(_read_index_png(png))
+    return classes.labels(int(v) - 1 for v in values if 0 < v < 255)
 
 
 def _split_ids(root: Path, split: str | None, file_labels: dict | None) -> list[str]:
