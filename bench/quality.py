@@ -276,11 +276,12 @@ def retrieval_scores(bank: PrototypeBank, params: RetrieveParams, images: Sequen
 
 
 def seed_labels(images: Sequence[Image], num_classes: int, params: SeedParams,
-                device: torch.device) -> list[np.ndarray]:
+                device: torch.device, background: bool = True) -> list[np.ndarray]:
     """Per-proposal seed labels of ``images`` as one labelled collection, as the flow's seed stage makes them
-    (images in content-key order, which decides the ones a capped evidence group takes)."""
+    (images in content-key order, which decides the ones a capped evidence group takes); ``background``:
+    whether the collection's class list has a background class."""
     order = sorted(range(len(images)), key=lambda j: images[j].key)
-    labels = _seed_labels([images[j] for j in order], num_classes, params, device)
+    labels = _seed_labels([images[j] for j in order], num_classes, params, device, background)
     out: list[np.ndarray] = [np.empty(0)] * len(images)
     for j, lab in zip(order, labels):
         out[j] = lab
@@ -288,7 +289,7 @@ def seed_labels(images: Sequence[Image], num_classes: int, params: SeedParams,
 
 
 def _seed_labels(images: Sequence[Image], num_classes: int, params: SeedParams,
-                 device: torch.device) -> list[np.ndarray]:
+                 device: torch.device, background: bool) -> list[np.ndarray]:
     features = np.concatenate([im.features for im in images])
     saliency = np.concatenate([im.saliency for im in images])
     index = np.concatenate([np.full(len(im.features), j, np.int64) for j, im in enumerate(images)])
@@ -297,7 +298,7 @@ def _seed_labels(images: Sequence[Image], num_classes: int, params: SeedParams,
         multi_hot[j, im.labels] = True
     use_saliency = params.saliency_weight > 0 and len(saliency) and not np.isnan(saliency).any()
     result = seed_proposals(features, index, multi_hot, saliency=saliency if use_saliency else None,
-                            config=params.config(), device=device)
+                            config=params.config(background), device=device)
     return [result.labels[index == j] for j in range(len(images))]
 
 

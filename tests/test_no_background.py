@@ -111,3 +111,23 @@ def test_evaluation_leaves_background_out_and_the_command_agrees(scene_run, scen
     written = json.loads((tmp_path / "m.json").read_text())
     assert written["classes"]["miou"] == pytest.approx(metrics["classes"]["miou"])
     assert "background" not in written["classes"]["iou"] and "background" not in out.output
+
+
+def test_scene_benchmark_reproduces_the_flow(scene_run, scenes):
+    """``bench/scenes.py`` on this collection: its in-process seeding and scoring reproduce the flow's."""
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from bench.scenes import scene_rows
+    from maskbank.flows.params import EmbedParams, ProposeParams, RunParams
+
+    store, summary = scene_run
+    params = RunParams(propose=ProposeParams(points_per_side=4), embed=EmbedParams(long_side=224), shard_size=2)
+    out = scene_rows(store, scenes, params, "cpu")
+    assert out["pseudo_labels_version"] == summary.pseudo_labels and out["images"] == 5
+    assert all(c["ok"] for c in out["checks"].values()), out["checks"]
+    rows = out["rows"]
+    assert rows["oracle_restricted"]["miou"] <= rows["oracle"]["miou"] + 1e-9
+    assert set(rows["pseudo_labels"]["iou"]) == set(CLASSES)
