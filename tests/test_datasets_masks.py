@@ -256,6 +256,17 @@ def test_voc_layout_reads_its_class_list(tmp_path):
     assert skipped.image_ids == ["img1"] and "values [2]" in skipped.skipped[0][1]
 
 
+def test_voc_layout_reads_images_of_any_type(tmp_path):
+    root = make_voc_layout(tmp_path / "voc", "sky\nroad\ncar\n")
+    jpgs = sorted((root / "JPEGImages").glob("*.jpg"))
+    Image.open(jpgs[0]).save(jpgs[0].with_suffix(".png"))
+    jpgs[0].rename(jpgs[0].with_suffix(".unused"))
+    jpgs[1].rename(jpgs[1].with_suffix(".JPG"))
+    ds = open_dataset(root)
+    assert [r.path.name for r in ds.records] == [jpgs[0].with_suffix(".png").name, jpgs[1].with_suffix(".JPG").name]
+    assert not ds.skipped
+
+
 def test_voc_layout_without_a_class_list_keeps_voc_classes(tmp_path):
     root = make_voc_layout(tmp_path / "voc", None)
     ds = open_dataset(root)

@@ -1,6 +1,6 @@
 """PASCAL VOC segmentation layout -> :class:`Dataset`.
 
-``<root>/JPEGImages/<id>.jpg``, ``<root>/SegmentationClass/<id>.png`` (palette indices: 0 background,
+``<root>/JPEGImages/<id>.jpg`` (or another image type), ``<root>/SegmentationClass/<id>.png`` (palette indices: 0 background,
 1..20 classes, 255 ignore) and ``<root>/ImageSets/Segmentation/<split>.txt``. Image-level labels come from
 a labels file when one is given (names are the 20 standard class names; rows name ``<id>`` or
 ``<id>.jpg``), otherwise from each truth PNG (its values minus 0 and 255).
@@ -26,7 +26,7 @@ from PIL import Image
 from maskbank.storage.datasets.class_list import MaskClasses, mask_classes_of
 from maskbank.storage.datasets.classes import ClassMap, DatasetError
 from maskbank.storage.datasets.hashing import FileHasher
-from maskbank.storage.datasets.images import ImageError, image_size
+from maskbank.storage.datasets.images import IMAGE_EXTENSIONS, ImageError, image_size
 from maskbank.storage.datasets.labels_file import empty_label_notes, read_labels_file, to_indices
 from maskbank.storage.datasets.manifest import Dataset, ImageRecord
 from maskbank.storage.datasets.masks import MaskTruth, read_index_png
@@ -85,7 +85,7 @@ def read_voc(
     records, skipped = [], []
     truth_pngs: dict[str, Path] = {}
     for image_id in ids:
-        path = root / "JPEGImages" / f"{image_id}.jpg"
+        path = _image_file(root / "JPEGImages", image_id)
         png = seg_dir / f"{image_id}.png"
         if not path.is_file():
             skipped.append((image_id, f"missing image file {path}"))
@@ -182,3 +182,16 @@ def _read_index_png(png: Path) -> np.ndarray:
     if bad.size:
         raise DatasetError(f"{png}: values {bad.tolist()} are neither classes 0..{len(VOC_CLASSES)} nor 255")
     return raw
+
+
+_IMAGE_SUFFIXES = (".jpg", *sorted(IMAGE_EXTENSIONS - {".jpg"}))
+
+
+def _image_file(folder: Path, image_id: str) -> Path:
+    """``<folder>/<image_id>.jpg``, or the image of another type (any case of its extension) when there is
+    no JPEG; the ``.jpg`` path when there is none at all (reported missing)."""
+    for suffix in _IMAGE_SUFFIXES:
+        for candidate in (folder / f"{image_id}{suffix}", folder / f"{image_id}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return folder / f"{image_id}.jpg"

@@ -3,7 +3,7 @@
 (one class name per line, line = index, background first) and the images in ``JPEGImages/``.
 
 Palette PNGs hold at most 256 values, so up to 255 classes; VOC lists plain file names, so images in
-subfolders need another format. The images keep their own file type (the VOC reader reads ``.jpg`` only).
+subfolders need another format. The images keep their own file type (maskbank's VOC reader reads any).
 """
 
 from __future__ import annotations
