@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from maskbank.tasks.owner import UNPAINTED
+from maskbank.tasks.paint import UNPAINTED
 from maskbank.tasks.paint import label_dtype
 
 TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})

@@ -90,6 +90,40 @@ def mask_nms(
     return keep
 
 
+UNPAINTED = -1
+"""Owner of a pixel no proposal painted (see :func:`paint_owner`)."""
+
+
+def paint_owner(
+    masks: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    background: int = 0,
+    nms_iou: float | None = 0.4,
+    min_area: int = 0,
+) -> np.ndarray:
+    """``int32[H, W]``: the index of the mask that paints each pixel, :data:`UNPAINTED` where none does.
+
+    ``mask_nms(nms_iou, min_area)``, then paint in descending score (ties in index order), first painter
+    wins; background- and negative-labelled masks paint nothing. Which mask painted a pixel is what a
+    per-pixel score (an export's ``--min-score``) needs; :func:`paint_by_score` is its labels.
+    """
+    masks, labels, scores = _validate(masks, labels, scores)
+    keep = mask_nms(masks, labels, scores, nms_iou, min_area)
+    owner = np.full(masks.shape[1:], UNPAINTED, dtype=np.int32)
+    for i in np.argsort(-scores, kind="stable"):
+        if keep[i] and labels[i] != background:
+            owner[masks[i] & (owner == UNPAINTED)] = i
+    return owner
+
+
+def owner_labels(owner: np.ndarray, labels: np.ndarray, num_classes: int, background: int = 0) -> np.ndarray:
+    """The label map of a painting: each pixel's owner's label, ``background`` where unpainted, in
+    ``label_dtype(num_classes)``."""
+    lut = np.append(np.asarray(labels, np.int64), background)  # index -1 reads the appended background
+    return lut[np.asarray(owner)].astype(label_dtype(num_classes))
+
+
 def paint_by_score(
     masks: np.ndarray,
     labels: np.ndarray,
@@ -102,9 +136,9 @@ def paint_by_score(
     """``[H, W]`` label map from ``[N, H, W]`` masks with per-mask labels and scores.
 
     ``mask_nms(nms_iou, min_area)``, then paint in descending score, first painter wins; background- and
-    negative-labelled masks paint nothing; unpainted pixels are ``background``. The dtype is
-    ``label_dtype(num_classes)`` (uint8 for up to 255 classes); ``num_classes`` defaults to the largest
-    label or ``background`` plus one, so pass it for a dtype that does not depend on the image.
+    negative-labelled masks paint nothing; unpainted pixels are ``background`` (see :func:`paint_owner`). The
+    dtype is ``label_dtype(num_classes)`` (uint8 for up to 255 classes); ``num_classes`` defaults to the
+    largest label or ``background`` plus one, so pass it for a dtype that does not depend on the image.
     """
     masks, labels, scores = _validate(masks, labels, scores)
     top = int(max(labels.max(initial=0), background))
@@ -113,13 +147,5 @@ def paint_by_score(
         raise ValueError(
             f"labels and background must lie in [0, {num_classes}), got max {top}, background {background}"
         )
-    out = np.full(masks.shape[1:], background, dtype=label_dtype(num_classes))
-    painted = np.zeros(masks.shape[1:], dtype=bool)
-    keep = mask_nms(masks, labels, scores, nms_iou, min_area)
-    for i in np.argsort(-scores, kind="stable"):
-        if not keep[i] or labels[i] == background:
-            continue
-        fresh = masks[i] & ~painted
-        out[fresh] = labels[i]
-        painted |= fresh
-    return out
+    owner = paint_owner(masks, labels, scores, background, nms_iou, min_area)
+    return owner_labels(owner, labels, num_classes, background)

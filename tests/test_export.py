@@ -28,7 +28,7 @@ from maskbank.storage.versions import publish_version, version_id
 from maskbank.tasks import rle
 from maskbank.tasks.export import ignore_index, resize_nearest, to_file_frame, undo_orientation
 from maskbank.tasks.metrics import fit_to_truth
-from maskbank.tasks.owner import owner_labels, paint_owner
+from maskbank.tasks.paint import owner_labels, paint_owner
 from maskbank.tasks.paint import paint_by_score
 
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")]  # pycocotools

@@ -21,7 +21,7 @@ import numpy as np
 from maskbank.storage.export.files import write_json
 from maskbank.storage.export.registry import FormatWriter, register
 from maskbank.tasks import rle
-from maskbank.tasks.owner import UNPAINTED
+from maskbank.tasks.paint import UNPAINTED
 
 ANNOTATIONS_DIR = "annotations"
 

@@ -23,7 +23,7 @@ from maskbank.storage.layout import BANK, LABEL_MAP_KINDS, PREDICTIONS, PROPOSAL
 from maskbank.storage.store import MissingItemError, Store
 from maskbank.storage.versions import VersionInfo, get_version, list_versions
 from maskbank.tasks.export import Painting, exported_labels, shown_size, to_file_frame
-from maskbank.tasks.owner import owner_labels, paint_owner
+from maskbank.tasks.paint import owner_labels, paint_owner
 
 LABEL_KINDS = tuple(sorted(LABEL_MAP_KINDS))
 
