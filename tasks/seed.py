@@ -150,6 +150,17 @@ def _group(images: np.ndarray, counts: np.ndarray, offsets: np.ndarray, read: Pr
     return _Group(rows.astype(np.int64), owner, _Rows.of(torch.as_tensor(np.asarray(feats, np.float32), device=device), owner))
 
 
+def uncontrasted_classes(image_labels: np.ndarray) -> list[int]:
+    """Classes (not background) that every labelled image of ``[I, K]`` multi-hot ``image_labels`` has, in a
+    collection of more than one image: no image lacks them, so the contrast a proposal's evidence is measured
+    by is empty for them and their seeds rest on label claims and refinement alone."""
+    labels = np.asarray(image_labels, bool)
+    labelled = labels[labels[:, 1:].any(1)]
+    if len(labelled) < 2:
+        return []
+    return [int(c) + 1 for c in np.flatnonzero(labelled[:, 1:].all(0))]
+
+
 def evidence_images(image_labels: np.ndarray, counts: np.ndarray, per_class: int, reference: int,
                     priority: np.ndarray | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """The reference sample (the first ``reference`` images with proposals in ``priority`` order, image

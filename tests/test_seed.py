@@ -107,6 +107,18 @@ def test_without_background_every_proposal_takes_one_of_its_image_labels():
         np.testing.assert_array_equal(salient.labels, truth)
 
 
+def test_classes_in_every_labelled_image_are_named():
+    from maskbank.tasks.seed import uncontrasted_classes
+
+    labels = np.zeros((4, 5), bool)
+    labels[:3, 1] = True  # in every labelled image
+    labels[:3, 2] = [True, False, True]
+    labels[:3, 4] = True
+    assert uncontrasted_classes(labels) == [1, 4]  # image 3 has no labels and does not count
+    assert uncontrasted_classes(labels[:1]) == []  # one image: nothing to contrast anyway
+    assert uncontrasted_classes(np.zeros((3, 5), bool)) == []
+
+
 def test_empty_input():
     res = seed_proposals(np.zeros((0, 4), np.float32), np.zeros(0, int), np.zeros((2, 3), bool))
     assert res.labels.shape == (0,) and res.scores.shape == (0,)

@@ -4,18 +4,20 @@ proposals and features alone. Published as a ``pseudo_labels`` version."""
 from __future__ import annotations
 
 import numpy as np
+from prefect import get_run_logger
+
 from maskbank.flows.keys import code_version, digest
 from maskbank.flows.params import SeedParams
 from maskbank.flows.progress import StageProgress
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.common import cached_task
-from maskbank.flows.stages.labels import LabelVersionWriter, pooled_reader, key_order
+from maskbank.flows.stages.labels import LabelVersionWriter, key_order, pooled_reader
 from maskbank.storage.layout import POOLED, PSEUDO_LABELS
 from maskbank.storage.store import Store
 from maskbank.storage.versions import version_exists, version_id
 from maskbank.tasks.classes import multi_hot
 from maskbank.tasks.models.device import resolve_device
-from maskbank.tasks.seed import seed_images
+from maskbank.tasks.seed import seed_images, uncontrasted_classes
 
 KIND = PSEUDO_LABELS
 MODULES = ("maskbank.tasks.seed", "maskbank.tasks.paint", "maskbank.flows.stages.labels", __name__)
@@ -39,11 +41,17 @@ def seed_collection(
         return VersionRef(store=store, id=vid, kind=KIND)
 
     num_classes = len(collection.class_names)
+    image_labels = multi_hot([collection.labels[i] for i in rows], num_classes)
+    everywhere = [collection.class_names[c] for c in uncontrasted_classes(image_labels)]
+    if everywhere:
+        get_run_logger().warning(
+            "seed: %s are in every labelled image, so no image shows what they are not: their seeds rest on "
+            "label claims alone and may be poor; images without them, or another cue, would help", ", ".join(everywhere))
     counts = st.element_counts(POOLED, pooled_key, keys)
     with StageProgress("seed", int(counts.sum()) * (1 + params.rounds), unit="proposal",
                        what="proposals scored, all rounds") as progress:
         result = seed_images(
-            pooled_reader(st, pooled_key, keys), counts, multi_hot([collection.labels[i] for i in rows], num_classes),
+            pooled_reader(st, pooled_key, keys), counts, image_labels,
             saliency=True, config=params.config(background=collection.has_background),  # images in key order: the caps take the first by key
             device=resolve_device(device), progress=progress.advance,
         )
