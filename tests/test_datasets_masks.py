@@ -314,3 +314,10 @@ def test_camvid_reads_without_background():
     for r in ds.records[::20]:
         assert r.labels == mask_labels(ds, r.image_id)
         assert 0 not in ds.truth(r.image_id)
+
+
+def test_options_of_other_formats_are_refused_not_ignored():
+    sample = Path(__file__).resolve().parents[1] / "maskbank" / "sample" / "coco"
+    for option in (dict(classes=["a"]), dict(ignore_index=3), dict(background=False)):
+        with pytest.raises(DatasetError, match=f"{next(iter(option))} applies to .* not coco"):
+            open_dataset(sample, split="train2017", **option)

@@ -72,10 +72,9 @@ def open_dataset(path_or_spec: str | Path | DatasetSpec | Mapping, **options) ->
     else:
         spec = DatasetSpec.from_dict({"path": path_or_spec, **options})
     fmt = spec.format if spec.format != "auto" else detect_format(spec.path)
-    if spec.ignore_index is not None and fmt != "masks":
-        raise DatasetError(f"ignore_index applies to masks datasets only, not {fmt}")
-    if spec.background is not None and fmt not in ("masks", "voc"):
-        raise DatasetError(f"background applies to masks and VOC datasets with a class list only, not {fmt}")
+    for option, formats in _FORMAT_OPTIONS.items():
+        if getattr(spec, option) is not None and fmt not in formats:
+            raise DatasetError(f"{option} applies to {' and '.join(formats)} datasets only, not {fmt}")
     if fmt == "coco":
         ann, images = find_coco(spec.path, spec.split, spec.images)
         return read_coco(ann, images, rename=spec.rename, name=spec.name)
@@ -95,6 +94,10 @@ def open_dataset(path_or_spec: str | Path | DatasetSpec | Mapping, **options) ->
             ignore_index=spec.ignore_index, background=spec.background, name=spec.name,
         )
     raise DatasetError(f"unknown dataset format {fmt!r}; use coco, voc, folder or masks")
+
+
+_FORMAT_OPTIONS = {"classes": ("voc", "folder", "masks"), "ignore_index": ("masks",), "background": ("masks", "voc")}
+"""Spec options that only some formats read: set on another format they are refused, never ignored."""
 
 
 def detect_format(path: str | Path) -> Format:
