@@ -15,6 +15,10 @@ TEXT_COLOR = (0, 0, 0)
 DIFFERENCE_COLOR = (255, 0, 0)
 FONT_SIZE = 14
 GAP = 8
+OVERLAY_ALPHA = 0.55
+"""Weight of the class colour where a label map is laid over its photo."""
+THUMBNAIL_SIDE = 320
+"""Longer side, in pixels, of the thumbnails of galleries and reports."""
 TITLE_HEIGHT = FONT_SIZE + GAP
 
 
@@ -46,6 +50,39 @@ def colorize_labels(label_map: np.ndarray, ignore_index: int | None = None) -> n
     out = label_palette(int(shown.max()) + 1 if shown.size else 1)[shown]
     out[ignored] = IGNORE_COLOR
     return out
+
+
+def overlay_labels(image: np.ndarray, label_map: np.ndarray, ignore_index: int | None = None,
+                   alpha: float = OVERLAY_ALPHA, unlabelled: int | None = None) -> np.ndarray:
+    """``image`` with its label map laid over it: each pixel blended ``alpha`` with its class colour
+    (:func:`label_palette`); ``ignore_index`` pixels, and ``unlabelled`` ones (e.g. a background that is
+    no class), keep the photo. ``label_map`` may be at another size than ``image`` (scaled, nearest)."""
+    rgb = _rgb(image)
+    labels = resize(np.asarray(label_map), rgb.shape[:2], nearest=True)
+    keep = np.zeros(labels.shape, bool)
+    for value in (ignore_index, unlabelled):
+        if value is not None:
+            keep |= labels == value
+    colors = colorize_labels(np.where(keep, 0, labels).astype(np.int64)).astype(np.float32)
+    out = rgb.astype(np.float32) * (1.0 - alpha) + colors * alpha
+    out[keep] = rgb[keep]
+    return out.round().astype(np.uint8)
+
+
+def thumbnail_size(hw: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """``(height, width)`` of ``hw`` scaled so its longer side is at most ``max_side`` (never enlarged)."""
+    h, w = int(hw[0]), int(hw[1])
+    scale = min(1.0, max_side / max(h, w, 1))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def thumbnail(image: np.ndarray, max_side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """An RGB ``image`` shrunk (area average) so its longer side is at most ``max_side``."""
+    rgb = _rgb(image)
+    hw = thumbnail_size(rgb.shape[:2], max_side)
+    if hw == rgb.shape[:2]:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((hw[1], hw[0]), Image.Resampling.BOX))
 
 
 def proposal_colors(n: int) -> np.ndarray:

@@ -171,3 +171,30 @@ def test_class_legend_shows_the_classes_present_in_their_colours():
     assert tuple(palette[1]) not in colours and tuple(palette[2]) not in colours
     rows = render.FONT_SIZE + 6
     assert leg.shape[0] == 3 * rows + 6  # background, c, ignore
+
+
+def test_overlay_blends_class_colours_and_keeps_the_photo_where_told():
+    from maskbank.tasks.render import OVERLAY_ALPHA, label_palette, overlay_labels
+
+    image = np.full((4, 6, 3), 100, np.uint8)
+    labels = np.array([[0, 1, 2]], np.uint8).repeat(2, axis=0)  # 2x3: scaled up to 4x6, nearest
+    labels[1, 2] = 255
+    out = overlay_labels(image, labels, ignore_index=255, unlabelled=0)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert (out[:, :2] == 100).all()  # unlabelled: the photo
+    assert (out[2:, 4:] == 100).all()  # ignore: the photo
+    want = np.round(100 * (1 - OVERLAY_ALPHA) + label_palette(3)[1] * OVERLAY_ALPHA).astype(np.uint8)
+    assert (out[:, 2:4] == want).all()
+    want2 = np.round(100 * (1 - OVERLAY_ALPHA) + label_palette(3)[2] * OVERLAY_ALPHA).astype(np.uint8)
+    assert (out[:2, 4:] == want2).all()
+
+
+def test_thumbnail_shrinks_the_longer_side_and_never_enlarges():
+    from maskbank.tasks.render import thumbnail, thumbnail_size
+
+    assert thumbnail_size((1000, 500), 320) == (320, 160)
+    assert thumbnail_size((10, 20), 320) == (10, 20)
+    big = np.zeros((640, 100, 3), np.uint8)
+    assert thumbnail(big, 320).shape == (320, 50, 3)
+    small = np.zeros((5, 7, 3), np.uint8)
+    assert thumbnail(small, 320) is small
