@@ -92,6 +92,9 @@ class Manifest:
     class_names: list[str]
     records: list[ImageRecord]
     exif_transpose: bool
+    has_background: bool = True
+    spec: dict | None = None
+    """How the dataset was read (``DatasetSpec.to_dict``), to read it again; None in older stores."""
 
     @property
     def image_ids(self) -> list[str]:
@@ -558,6 +561,8 @@ class Store:
             "has_truth": [r.has_truth for r in recs],
             "paths": [_relative_to(r.path, root) for r in recs],
             "exif_transpose": dataset.exif_transpose,
+            "has_background": dataset.has_background,
+            "spec": dataset.spec,
         }
         self.write_item(self.manifest_path(fp), arrays, attrs, dims, message=f"dataset {dataset.name} ({fp[:12]})")
         return fp
@@ -579,7 +584,8 @@ class Store:
                 a["image_ids"], a["paths"], a["labels"], a["sizes"], a["has_truth"], strict=True
             )
         ]
-        return Manifest(a["fingerprint"], a["name"], root, list(a["class_names"]), records, bool(a["exif_transpose"]))
+        return Manifest(a["fingerprint"], a["name"], root, list(a["class_names"]), records, bool(a["exif_transpose"]),
+                        bool(a.get("has_background", True)), a.get("spec"))
 
     def list_manifests(self) -> list[str]:
         """Fingerprints of the datasets recorded in this store."""

@@ -35,6 +35,22 @@ def ignore_index(num_classes: int) -> int:
     return 255 if label_dtype(num_classes) == np.uint8 else 65535
 
 
+def without_background(labels: np.ndarray, ignore: int, num_classes: int) -> np.ndarray:
+    """A label map of a class list without background, whose index 0 is only a placeholder (pixels no class
+    was painted on), in the indices of the real classes: class ``k`` -> ``k - 1``; the placeholder and
+    ``ignore`` -> the ignore label of ``num_classes`` real classes (:func:`ignore_index`)."""
+    a = np.asarray(labels)
+    out = a.astype(np.int64) - 1
+    out[(a == 0) | (a == ignore)] = ignore_index(num_classes)
+    return out.astype(label_dtype(num_classes))
+
+
+def mean_score(owner: np.ndarray, scores: np.ndarray) -> float | None:
+    """Mean score of the painting proposals over the pixels they paint (``owner`` >= 0); None: none painted."""
+    painted = np.asarray(owner)[np.asarray(owner) != UNPAINTED]
+    return float(np.asarray(scores, np.float64)[painted].mean()) if painted.size else None
+
+
 def shown_size(file_hw: tuple[int, int], orientation: int) -> tuple[int, int]:
     """``(height, width)`` of an image stored at ``file_hw`` once its EXIF orientation is applied."""
     h, w = int(file_hw[0]), int(file_hw[1])

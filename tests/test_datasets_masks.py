@@ -318,6 +318,20 @@ def test_camvid_reads_without_background():
 
 def test_options_of_other_formats_are_refused_not_ignored():
     sample = Path(__file__).resolve().parents[1] / "maskbank" / "sample" / "coco"
-    for option in (dict(classes=["a"]), dict(ignore_index=3), dict(background=False)):
+    for option in (dict(classes=["a"]), dict(ignore_index=3)):
         with pytest.raises(DatasetError, match=f"{next(iter(option))} applies to .* not coco"):
             open_dataset(sample, split="train2017", **option)
+    with pytest.raises(DatasetError, match="background applies to masks and voc and coco datasets only, not folder"):
+        open_dataset(sample / "train2017", background=False)
+
+
+def test_coco_without_background_reads_unannotated_pixels_as_ignore():
+    sample = Path(__file__).resolve().parents[1] / "maskbank" / "sample" / "coco"
+    plain = open_dataset(sample, split="train2017")
+    scene = open_dataset(sample, split="train2017", background=False)
+    assert plain.has_background and not scene.has_background and scene.class_names == plain.class_names
+    assert scene.fingerprint() != plain.fingerprint()
+    image_id = plain.image_ids[0]
+    a, b = plain.truth(image_id), scene.truth(image_id)
+    assert (a == 0).any() and np.array_equal(b == scene.ignore_index, (a == 0) | (a == plain.ignore_index))
+    assert np.array_equal(a[a != 0], b[a != 0])

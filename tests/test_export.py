@@ -566,3 +566,16 @@ def test_export_flow(built, tmp_path, prefect_harness):
     with get_client(sync_client=True) as client:
         bars = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["progress-export"])))
     assert bars and bars[-1].data == 100.0  # the run page's progress bar, full
+
+
+def test_without_background_shifts_classes_and_ignores_the_placeholder():
+    from maskbank.tasks.export import without_background
+
+    stored = np.array([[0, 1, 2, 255]], np.uint8)
+    out = without_background(stored, 255, 2)
+    assert out.dtype == np.uint8 and out.tolist() == [[255, 0, 1, 255]]
+    wide = np.array([[0, 256, 65535]], np.uint16)  # 256 real classes: still 16-bit, ignore 65535
+    assert without_background(wide, 65535, 256).tolist() == [[65535, 255, 65535]]
+    narrow = np.array([[0, 1, 255, 65535]], np.uint16)  # 255 real classes: back to 8 bits, ignore 255
+    out = without_background(narrow, 65535, 255)
+    assert out.dtype == np.uint8 and out.tolist() == [[255, 0, 254, 255]]

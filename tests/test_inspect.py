@@ -577,6 +577,33 @@ def test_show_truth_of_a_voc_dataset(tmp_path):
     assert panel[h // 3, w // 2].tolist() == [192, 128, 128] and panel[h - 1, w - 1].tolist() == [0, 0, 0]
 
 
+def test_show_truth_of_a_masks_dataset_read_with_options(tmp_path):
+    """A masks folder read with a class list of its own and another ignore value: the store records how it
+    was read, so its truth is read again the same way."""
+    root = tmp_path / "scenes"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "names.txt").write_text("sky\ngrass\n")
+    Image.fromarray(np.full((24, 32, 3), 90, np.uint8)).save(root / "images" / "a.png")
+    mask = np.zeros((24, 32), np.uint8)
+    mask[12:] = 1
+    mask[0] = 9  # void
+    Image.fromarray(mask, mode="L").save(root / "masks" / "a.png")
+    st = Store.open(str(tmp_path / "s.mb"))
+    ds = open_dataset(DatasetSpec(path=root, format="masks", classes=root / "names.txt", ignore_index=9))
+    assert not ds.has_background
+    st.write_manifest(ds, _image_keys(ds), tmp_path / "hashes.json")
+    manifest = st.read_manifest(st.list_manifests()[0])
+    assert manifest.spec["format"] == "masks" and manifest.spec["ignore_index"] == 9 and not manifest.has_background
+
+    out = _cli("show", st.url, "a", "--layer", "truth", "--out", tmp_path / "a.png")
+    assert out.exit_code == 0, out.output
+    panel = _panel(tmp_path / "a.png", 1, [32, 32], (24, 32))
+    palette = render.label_palette(3)
+    assert (panel[0] == 255).all()  # void: ignore
+    assert panel[5, 5].tolist() == palette[1].tolist() and panel[20, 5].tolist() == palette[2].tolist()
+
+
 @pytest.mark.parametrize("command", [["run", "--store", "{}", "--bank", "data"], ["demo", "--store", "{}"]])
 def test_run_and_demo_refuse_a_bad_location_before_running(command):
     from maskbank.cli import app

@@ -131,3 +131,58 @@ def test_scene_benchmark_reproduces_the_flow(scene_run, scenes):
     rows = out["rows"]
     assert rows["oracle_restricted"]["miou"] <= rows["oracle"]["miou"] + 1e-9
     assert set(rows["pseudo_labels"]["iou"]) == set(CLASSES)
+
+
+@pytest.mark.parametrize("fmt", ["png", "voc", "coco"])
+def test_export_leaves_the_placeholder_out_and_reads_back(scene_run, tmp_path, fmt):
+    """Exported classes are the dataset's own (no "background" line, no background category); class k of the
+    store is written as k - 1, pixels no class was painted on as ignore; the folder reads back as a dataset
+    without background whose truth is the stored labels (COCO: pixels in no annotation), and scores the
+    version it came from at mIoU 1."""
+    from typer.testing import CliRunner
+
+    from maskbank.cli import app
+    from maskbank.storage.datasets import open_dataset
+    from maskbank.storage.store import Store
+    from maskbank.storage.versions import read_version
+
+    store, summary = scene_run
+    out = tmp_path / fmt
+    run = CliRunner().invoke(app, ["export", str(store), "--format", fmt, "--out", str(out), "--images", "copy"])
+    assert run.exit_code == 0, run.output
+    if fmt == "coco":
+        data = json.loads((out / "annotations/instances_pseudo_labels.json").read_text())
+        assert [c["name"] for c in data["categories"]] == CLASSES
+    else:
+        assert (out / "classes.txt").read_text().splitlines() == CLASSES
+    back = open_dataset(out, background=False) if fmt == "coco" else open_dataset(out)  # COCO cannot say it
+    assert not back.has_background and back.class_names == ["background", *CLASSES]
+    st = Store.open(store, create=False)
+    keys = {str(k) for k in read_version(st, summary.pseudo_labels).arrays["image_key"]}
+    manifest = st.read_manifest(st.list_manifests()[0])
+    by_id = dict(zip(manifest.image_ids, st.read_attrs(st.manifest_path(manifest.fingerprint))["image_keys"]))
+    unpainted = 0
+    for image_id in back.image_ids:
+        stored = st.read_label_map(summary.pseudo_labels, by_id[image_id])
+        truth = back.truth(image_id)
+        want = np.where(stored == 0, back.ignore_index, stored)  # the reader puts classes back at 1..n
+        assert np.array_equal(truth, want), image_id
+        unpainted += int((stored == 0).sum())
+    assert len(back.image_ids) == len(keys) and unpainted > 0  # some pixels no class covers
+    if fmt != "coco":
+        scored = CliRunner().invoke(app, ["evaluate", str(store), summary.pseudo_labels, "--truth", str(out),
+                                          "--out", str(tmp_path / "m.json")])
+        assert scored.exit_code == 0, scored.output
+        assert json.loads((tmp_path / "m.json").read_text())["classes"]["miou"] == pytest.approx(1.0)
+
+
+def test_export_refuses_background_for_unlabelled_pixels(scene_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from maskbank.cli import app
+
+    store, _ = scene_run
+    run = CliRunner().invoke(app, ["export", str(store), "--format", "png", "--out", str(tmp_path / "x"),
+                                   "--unlabelled", "background"])
+    assert run.exit_code == 2 and "can only be exported as ignore" in run.output
+    assert len(run.output.strip().splitlines()) == 1 and not (tmp_path / "x").exists()

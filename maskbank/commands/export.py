@@ -43,7 +43,7 @@ def export(
     split: Annotated[Optional[str], typer.Option(help="Split name of the lists and files (VOC ImageSets, COCO json and image folder); default: the version's kind.", show_default=False)] = default("split"),
     images: Annotated[str, typer.Option(help="Images beside the labels: link (symbolic links, copies where links cannot be made), copy or none.")] = default("images"),
     min_score: Annotated[Optional[float], typer.Option(help="Write pixels whose painting proposal scored below this as ignore.", show_default=False)] = default("min_score"),
-    unlabelled: Annotated[str, typer.Option(help="Pixels no proposal covers: background or ignore.")] = default("unlabelled"),
+    unlabelled: Annotated[Optional[str], typer.Option(help="Pixels no proposal covers: background or ignore; default: background where the classes have one, else ignore.", show_default=False)] = default("unlabelled"),
     instances: Annotated[bool, typer.Option("--instances", help="coco: one annotation per painted proposal (its visible pixels) with its score.")] = default("instances"),
 ) -> None:
     from maskbank.commands.lookup import LABEL_KINDS, NotInStoreError, resolve_version

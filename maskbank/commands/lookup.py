@@ -146,9 +146,12 @@ def open_truth(ref: ImageRef) -> tuple[np.ndarray, int]:
 
 
 def _reopen(m: Manifest) -> Dataset:
-    """The manifest's dataset read again: VOC at its root, COCO from the annotations beside its images."""
+    """The manifest's dataset read again as it was read (its recorded spec); in stores that recorded none,
+    VOC at its root, COCO from the annotations beside its images."""
     root = m.root
     try:
+        if m.spec is not None:
+            return open_dataset(m.spec)
         if is_voc(root):
             split = m.name.removeprefix("voc-") if m.name.startswith("voc-") else None
             return open_dataset(DatasetSpec(path=root, format="voc", split=split))

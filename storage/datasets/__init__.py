@@ -36,7 +36,8 @@ class DatasetSpec:
     class into background); ``skip_unknown`` drops unknown label names instead of raising.
     ``ignore_index`` is the mask value of ignored pixels (masks; ``None``: 255); ``background`` says
     whether a class list has a background class (masks, VOC with a class list; ``None``: a class named
-    ``background`` or ``_background_`` is it, see ``Dataset.has_background``).
+    ``background`` or ``_background_`` is it, see ``Dataset.has_background``; COCO: ``False`` makes pixels
+    in no annotation ignore, for categories that cover every pixel).
     """
 
     path: Path
@@ -62,22 +63,45 @@ class DatasetSpec:
             raise DatasetError("a dataset spec needs 'path'")
         return _normalise(cls(**d))
 
+    def to_dict(self) -> dict:
+        """The spec as a JSON-ready mapping with absolute paths (:meth:`from_dict` reads it back)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("path", "images", "labels", "classes"):
+            if isinstance(d[key], Path):
+                d[key] = str(d[key].absolute())
+        d["classes"] = list(d["classes"]) if isinstance(d["classes"], tuple) else d["classes"]
+        d["rename"] = dict(d["rename"])
+        return d
+
 
 def open_dataset(path_or_spec: str | Path | DatasetSpec | Mapping, **options) -> Dataset:
     """Read a dataset from a path, a :class:`DatasetSpec` or its dict form; ``options`` set spec fields."""
+    spec = _spec(path_or_spec, options)
+    if spec.format == "auto":
+        spec = replace(spec, format=detect_format(spec.path))
+    dataset = _read(spec)
+    dataset.spec = spec.to_dict()
+    return dataset
+
+
+def _spec(path_or_spec: str | Path | DatasetSpec | Mapping, options: Mapping) -> DatasetSpec:
     if isinstance(path_or_spec, DatasetSpec):
         spec = _normalise(replace(path_or_spec, **options)) if options else path_or_spec
     elif isinstance(path_or_spec, Mapping):
         spec = DatasetSpec.from_dict({**path_or_spec, **options})
     else:
         spec = DatasetSpec.from_dict({"path": path_or_spec, **options})
-    fmt = spec.format if spec.format != "auto" else detect_format(spec.path)
+    return spec
+
+
+def _read(spec: DatasetSpec) -> Dataset:
+    fmt = spec.format
     for option, formats in _FORMAT_OPTIONS.items():
         if getattr(spec, option) is not None and fmt not in formats:
             raise DatasetError(f"{option} applies to {' and '.join(formats)} datasets only, not {fmt}")
     if fmt == "coco":
         ann, images = find_coco(spec.path, spec.split, spec.images)
-        return read_coco(ann, images, rename=spec.rename, name=spec.name)
+        return read_coco(ann, images, rename=spec.rename, name=spec.name, background=spec.background)
     if fmt == "voc":
         return read_voc(
             spec.path, spec.split, spec.labels, spec.rename, spec.skip_unknown, spec.name,
@@ -96,7 +120,7 @@ def open_dataset(path_or_spec: str | Path | DatasetSpec | Mapping, **options) ->
     raise DatasetError(f"unknown dataset format {fmt!r}; use coco, voc, folder or masks")
 
 
-_FORMAT_OPTIONS = {"classes": ("voc", "folder", "masks"), "ignore_index": ("masks",), "background": ("masks", "voc")}
+_FORMAT_OPTIONS = {"classes": ("voc", "folder", "masks"), "ignore_index": ("masks",), "background": ("masks", "voc", "coco")}
 """Spec options that only some formats read: set on another format they are refused, never ignored."""
 
 

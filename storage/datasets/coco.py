@@ -60,8 +60,12 @@ def read_coco(
     images: str | Path,
     rename: Mapping[str, str] | None = None,
     name: str | None = None,
+    background: bool | None = None,
 ) -> Dataset:
-    """Read a COCO instances json whose ``file_name`` entries are relative to ``images``."""
+    """Read a COCO instances json whose ``file_name`` entries are relative to ``images``.
+
+    ``background=False`` reads categories that cover every pixel between them (stuff and things, as a
+    scene collection's): pixels in no annotation are then ignore, not background."""
     annotations, images = Path(annotations), Path(images)
     try:
         with open(annotations, encoding="utf-8") as f:
@@ -73,7 +77,7 @@ def read_coco(
             raise DatasetError(f"{annotations}: not a COCO instances file (no {key!r} list)")
 
     cats = sorted(data["categories"], key=lambda c: c["id"])
-    classes = ClassMap.build([c["name"] for c in cats], rename)
+    classes = ClassMap.build([c["name"] for c in cats], rename, has_background=background is not False)
     position = {c["id"]: i for i, c in enumerate(cats)}
 
     by_coco_id: dict[int, dict] = {}
@@ -180,7 +184,8 @@ class CocoTruth:
 
     def read(self, image_id: str) -> np.ndarray:
         h, w = self.sizes[image_id]
-        out = np.zeros((h, w), self.classes.truth_dtype)
+        unannotated = 0 if self.classes.has_background else self.classes.ignore_index
+        out = np.full((h, w), unannotated, self.classes.truth_dtype)
         instances = []
         for a in self.anns[image_id]:
             encoded = _to_rle(a["segmentation"], h, w, image_id)
@@ -196,6 +201,8 @@ class CocoTruth:
 
     def digest(self, image_ids: Sequence[str], hasher: FileHasher) -> str:
         h = hashlib.sha256()
+        if not self.classes.has_background:
+            h.update(b"unannotated pixels are ignore\0")
         for i in image_ids:
             h.update(json.dumps([i, self.sizes[i], self.anns[i]], sort_keys=True, separators=(",", ":")).encode())
         return h.hexdigest()

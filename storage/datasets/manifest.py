@@ -59,6 +59,9 @@ class Dataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     exif_transpose: bool = True
+    spec: dict | None = None
+    """How it was read: :class:`~maskbank.storage.datasets.DatasetSpec` as a mapping with absolute paths
+    (set by ``open_dataset``), so it can be read again the same way."""
 
     def __post_init__(self) -> None:
         self._by_id = {}
@@ -124,6 +127,7 @@ class Dataset:
             truth_source=self.truth_source,
             notes=list(self.notes),
             exif_transpose=self.exif_transpose,
+            spec=self.spec,
         )
 
     def fingerprint(self, hash_cache: str | Path | None = None) -> str:

@@ -60,6 +60,8 @@ class CocoWriter(FormatWriter):
 
     def __init__(self, plan) -> None:
         super().__init__(plan)
+        self.first = 1 if plan.background else 0
+        """The first exported value that is a category (background is none)."""
         sources: dict[tuple[Path, str], CocoSource | None] = {}
         entries = []
         for image in plan.images:
@@ -80,7 +82,7 @@ class CocoWriter(FormatWriter):
 
     def _categories(self, sources: list[CocoSource]) -> list[dict]:
         """The source's categories when the classes are exactly its categories; else index-numbered ones."""
-        names = list(self.plan.class_names[1:])
+        names = list(self.plan.class_names[self.first:])
         cats = [sorted(s.categories, key=lambda c: c["id"]) for s in sources]
         if cats and all(c == cats[0] for c in cats) and [c["name"] for c in cats[0]] == names:
             return cats[0]
@@ -102,15 +104,17 @@ class CocoWriter(FormatWriter):
                             "width": w})
         category = [c["id"] for c in self.categories]
         if exported.owner is None:
-            present = [int(c) for c in np.unique(labels) if 0 < c < len(self.plan.class_names)]
+            present = [int(c) for c in np.unique(labels) if self.first <= c < len(self.plan.class_names)]
             for c in present:
-                self.annotations.append(_annotation(labels == c, image_id, category[c - 1]))
+                self.annotations.append(_annotation(labels == c, image_id, category[c - self.first]))
             return
         for p in np.unique(exported.owner):
             if p == UNPAINTED:
                 continue
             c = int(exported.proposal_labels[p])
-            ann = _annotation(exported.owner == p, image_id, category[c - 1])
+            if c < self.first:
+                continue  # a proposal painted background: no category
+            ann = _annotation(exported.owner == p, image_id, category[c - self.first])
             self.annotations.append({**ann, "score": float(exported.proposal_scores[p])})
 
     def finish(self, images) -> None:

@@ -22,7 +22,7 @@ class ExportOptions(BaseModel):
     split: str | None = Field(None, pattern=SPLIT_PATTERN, description="Split name of the export's lists and files (VOC ImageSets, COCO instances_<split>.json and image folder); unset: the version's kind.")
     images: Literal["link", "copy", "none"] = Field("link", description="Images beside the labels: symbolic links to the dataset's files (a copy where links cannot be made), copies, or none.")
     min_score: float | None = Field(None, allow_inf_nan=False, description="Pixels whose painting proposal scored below this are written as ignore (255; 65535 past 255 classes); unset: none.")
-    unlabelled: Literal["background", "ignore"] = Field("background", description="Pixels no proposal covers: background (0) or ignore.")
+    unlabelled: Literal["background", "ignore"] | None = Field(None, description="Pixels no proposal covers: background (0) or ignore; unset: background where the classes have one, else ignore (the only choice there).")
     instances: bool = Field(False, description="coco: one annotation per painted proposal (its visible pixels) with its score, instead of one per image and class.")
 
     @field_validator("format")
@@ -39,11 +39,6 @@ class ExportOptions(BaseModel):
         if self.instances and self.format != "coco":
             raise ValueError("instances are annotations of the coco format; use it with format coco")
         return self
-
-    @property
-    def needs_painting(self) -> bool:
-        """Whether the export needs each pixel's painting proposal (read from the version's proposals)."""
-        return self.min_score is not None or self.unlabelled == "ignore" or self.instances
 
 
 def default(field: str) -> object:

@@ -18,7 +18,7 @@ from maskbank.storage.export.options import ExportOptions
 from maskbank.storage.export.registry import writers
 from maskbank.storage.export.source import (
     ExportError, ExportImage, LabelReader, SkipImage, export_images, label_version, painting_nms, proposals_key,
-    version_classes,
+    version_background, version_classes,
 )
 from maskbank.storage.store import Store
 from maskbank.storage.versions import read_version
@@ -27,7 +27,12 @@ from maskbank.tasks.export import ignore_index
 
 @dataclass(frozen=True)
 class ExportPlan:
-    """What one export writes: the version, its classes and images, the options and the folder."""
+    """What one export writes: the version, its classes and images, the options and the folder.
+
+    ``class_names`` are the exported classes, by exported value; for a class list without background
+    (``background`` False) the stored placeholder 0 is not one of them, so class ``k`` of the store is
+    exported as ``k - 1`` and pixels no class was painted on are ignored.
+    """
 
     store: str
     version: str
@@ -39,6 +44,21 @@ class ExportPlan:
     proposals: str | None = None
     """Stage key of the version's proposals, when the options need each pixel's proposal."""
     nms_iou: float | None = None
+    background: bool = True
+
+    @property
+    def stored_classes(self) -> int:
+        """Number of classes of the stored label maps (the exported ones and, without background, the placeholder)."""
+        return len(self.class_names) + (0 if self.background else 1)
+
+    def class_name(self, stored_index: int) -> str:
+        """Name of a class by its index in the store (as image labels give it)."""
+        return self.class_names[stored_index - (0 if self.background else 1)]
+
+    @property
+    def unlabelled(self) -> str:
+        """How pixels no proposal covers are exported: the option, else background where there is one."""
+        return self.options.unlabelled or ("background" if self.background else "ignore")
 
     @property
     def split(self) -> str:
@@ -54,7 +74,7 @@ class ExportPlan:
         """What the folder records of this export (see :func:`maskbank.storage.export.files.claim_folder`)."""
         return {"format": self.options.format, "store": self.store, "version": self.version, "kind": self.kind,
                 "split": self.split, "options": self.options.model_dump(), "classes": list(self.class_names),
-                "ignore_index": self.ignore}
+                "background": self.background, "ignore_index": self.ignore}
 
 
 @dataclass(frozen=True)
@@ -80,15 +100,24 @@ def plan_export(st: Store, out: str | Path, version: str | None, options: Export
     top = int(arrays["proposal_label"].max(initial=0))
     if top >= len(classes):
         raise ExportError(f"version {info.id} labels class {top} but its class list has {len(classes)} classes")
+    background = version_background(at, info)
+    if not background and options.unlabelled == "background":
+        raise ExportError(f"version {info.id} labels classes without a background class, so pixels no class covers "
+                          "can only be exported as ignore; leave unlabelled unset or set it to ignore")
     images = export_images(at, info, {str(k) for k in arrays["image_key"]})
     out = Path(out).absolute()
     try:
         check_folder(out, options.format)
     except FolderError as e:
         raise ExportError(str(e)) from None
-    plan = ExportPlan(st.url, info.id, info.kind, out, options, tuple(classes), tuple(images),
-                      proposals_key(at, info) if options.needs_painting else None, painting_nms(info))
-    problem = writers()[options.format].problem(plan)
+    writer = writers()[options.format]
+    # Without background, unlabelled pixels are those labelled 0: no painting is needed to find them.
+    needs_painting = (options.min_score is not None or options.instances or writer.needs_painting
+                      or (background and options.unlabelled == "ignore"))
+    exported = tuple(classes) if background else tuple(classes[1:])
+    plan = ExportPlan(st.url, info.id, info.kind, out, options, exported, tuple(images),
+                      proposals_key(at, info) if needs_painting else None, painting_nms(info), background)
+    problem = writer.problem(plan)
     if problem is not None:
         raise ExportError(problem)
     return plan
@@ -105,8 +134,9 @@ def write_export(plan: ExportPlan, progress: Callable[[int], None] | None = None
     kept = claim_folder(plan.out, plan.record, lambda record: writer_class.owned(plan.out, record))
     writer = writer_class(plan)
     st = Store.open(plan.store, create=False, version=plan.version)
-    reader = LabelReader(st, plan.version, len(plan.class_names), plan.proposals, plan.nms_iou,
-                         read_version(st, plan.version).arrays)
+    reader = LabelReader(st, plan.version, plan.stored_classes, plan.proposals, plan.nms_iou,
+                         read_version(st, plan.version).arrays, plan.background)
+    unlabelled_ignore = plan.background and plan.unlabelled == "ignore"
     o = plan.options
     written, skipped = [], []
     for image in plan.images:
@@ -114,7 +144,7 @@ def write_export(plan: ExportPlan, progress: Callable[[int], None] | None = None
         placed = [writer.image_file(image)] if o.images != "none" else []
         if not (kept and labels and exist(labels + placed)):  # else an earlier run of this export wrote them
             try:
-                exported = reader.read(image, o.min_score, o.unlabelled == "ignore", o.instances)
+                exported = reader.read(image, o.min_score, unlabelled_ignore, o.instances)
             except SkipImage as e:
                 skipped.append((image.image_id, str(e)))
                 advance(1)

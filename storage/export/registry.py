@@ -25,6 +25,8 @@ class FormatWriter:
     """
 
     name: ClassVar[str]
+    needs_painting: ClassVar[bool] = False
+    """Whether the format needs each pixel's painting proposal (e.g. to show the labels' confidence)."""
 
     def __init__(self, plan: ExportPlan) -> None:
         self.plan = plan

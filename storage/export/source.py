@@ -22,8 +22,10 @@ from maskbank.storage.datasets.images import IMAGE_EXTENSIONS
 from maskbank.storage.layout import BANK, LABEL_MAP_KINDS, PREDICTIONS, PROPOSALS, PSEUDO_LABELS, stage_group, version_group
 from maskbank.storage.store import MissingItemError, Store
 from maskbank.storage.versions import VersionInfo, get_version, list_versions
-from maskbank.tasks.export import Painting, exported_labels, shown_size, to_file_frame
-from maskbank.tasks.paint import owner_labels, paint_owner
+from maskbank.tasks.export import (
+    Painting, exported_labels, ignore_index, mean_score, shown_size, to_file_frame, without_background,
+)
+from maskbank.tasks.paint import UNPAINTED, owner_labels, paint_owner
 
 LABEL_KINDS = tuple(sorted(LABEL_MAP_KINDS))
 
@@ -47,6 +49,9 @@ class ExportImage:
     exif_transpose: bool
     dataset_root: Path
     dataset_name: str
+    labels: tuple[int, ...] | None = None
+    """The image's labels (indices of the stored class list, without background); None: unlabelled."""
+    has_truth: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ class ExportedImage:
     owner: np.ndarray | None
     proposal_labels: np.ndarray
     proposal_scores: np.ndarray
+    confidence: float | None = None
+    """Mean score of the proposals that painted the exported labels, over their pixels (with a painting)."""
 
 
 def label_version(st: Store, version: str | None) -> VersionInfo:
@@ -85,6 +92,19 @@ def version_classes(st: Store, info: VersionInfo) -> list[str]:
     if not info.datasets:
         raise ExportError(f"version {info.id} names no dataset, so no class list")
     return st.read_manifest(info.datasets[0]).class_names
+
+
+def version_background(st: Store, info: VersionInfo) -> bool:
+    """Whether the version's class list has a background class, as its seeding (``background`` parameter)
+    or the prototype bank it was retrieved with recorded; without one, label 0 only marks pixels no class
+    was painted on."""
+    if "background" in info.params:
+        return bool(info.params["background"])
+    for parent in info.parents:
+        bank = get_version(st, parent)
+        if bank.kind == BANK:
+            return bool(bank.params.get("background", True))
+    return True
 
 
 def painting_nms(info: VersionInfo) -> float | None:
@@ -114,7 +134,8 @@ def export_images(st: Store, info: VersionInfo, labelled: set[str]) -> list[Expo
     for fp in info.datasets:
         m = st.read_manifest(fp)
         keys = st.read_attrs(st.manifest_path(fp))["image_keys"]
-        images += [ExportImage(r.image_id, export_name(r.image_id), k, Path(r.path), m.exif_transpose, m.root, m.name)
+        images += [ExportImage(r.image_id, export_name(r.image_id), k, Path(r.path), m.exif_transpose, m.root, m.name,
+                               r.labels, r.has_truth)
                    for r, k in zip(m.records, keys, strict=True) if k in labelled]
     images.sort(key=lambda i: i.name)
     clashes = [(a.image_id, b.image_id) for a, b in zip(images, images[1:]) if a.name == b.name]
@@ -141,8 +162,10 @@ class LabelReader:
     """Reads a version's images' labels for export, from a store opened at that version."""
 
     def __init__(self, st: Store, version: str, num_classes: int, proposals: str | None, nms_iou: float | None,
-                 arrays: dict[str, np.ndarray]) -> None:
-        self.st, self.version, self.num_classes = st, version, num_classes
+                 arrays: dict[str, np.ndarray], background: bool = True) -> None:
+        """``num_classes``: of the stored label maps; ``background``: whether their class 0 is a class (else
+        the exported labels leave it out, see :func:`without_background`)."""
+        self.st, self.version, self.num_classes, self.background = st, version, num_classes, background
         self.proposals, self.nms_iou = proposals, nms_iou
         self.row = {str(k): i for i, k in reversed(list(enumerate(arrays["image_key"])))}
         self.proposal_image = np.asarray(arrays["proposal_image"])
@@ -166,9 +189,16 @@ class LabelReader:
         if min_score is not None or unlabelled_ignore or instances:
             painting = self._painting(image.key, label_map, rows)
         labels, owner = exported_labels(label_map, self.num_classes, painting, min_score, unlabelled_ignore)
+        proposal_labels = self.labels[rows]
+        if not self.background:
+            if owner is not None:
+                owner[labels == 0] = UNPAINTED
+            labels = without_background(labels, ignore_index(self.num_classes), self.num_classes - 1)
+            proposal_labels = proposal_labels - 1
         return ExportedImage(to_file_frame(labels, file_hw, orientation),
                              to_file_frame(owner, file_hw, orientation) if instances else None,
-                             self.labels[rows], self.scores[rows])
+                             proposal_labels, self.scores[rows],
+                             None if owner is None else mean_score(owner, painting.scores))
 
     def _rows(self, key: str) -> slice:
         i = self.row[key]
