@@ -2,13 +2,16 @@
 artifact of per-class IoU.
 
 Building the text is pure formatting of a run's summary and its evaluation metrics (``{"images": n,
-"classes": {"miou", "classes_present", "iou": {class: IoU or None}}, "voc21": {...}}``); ``publish_*`` hands
-it to Prefect.
+"classes": {"miou", "classes_present", "iou": {class: IoU or None}}, "voc21": {...}}``) and of thumbnails of
+its pseudo-labels (JPEG ``data:`` URIs, which the Prefect UI's markdown renderer shows as images);
+``read_thumbnails`` reads those from the store and ``publish_*`` hands the text to Prefect.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -16,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from maskbank.flows.params import RunParams
 from maskbank.flows.stages.ingest import DatasetInput
+from maskbank.tasks.thumbnails import SHOWN_IMAGES, SIDE, Thumbnail, choose_images, labels_thumbnail
 
 if TYPE_CHECKING:
     from maskbank.flows.label import RunSummary
@@ -92,14 +96,44 @@ def datasets_table(labelled: Sequence[DatasetInput], targets: Sequence[DatasetIn
     return markdown_table(["role", "path", "split", "format"], rows)
 
 
+def gallery_command(store: str, version: str) -> str:
+    """The command that writes the HTML gallery of every image of a label version (shell-quoted)."""
+    return f"maskbank export {shlex.quote(store)} {version} --format html --out gallery-{version[:8]}"
+
+
+def image_markdown(thumbnail: Thumbnail) -> str:
+    """A thumbnail as a markdown image, its alt text naming the image."""
+    alt = "".join(c for c in thumbnail.image_id if c not in "[]\\")
+    return f"![{alt} with its pseudo-labels]({thumbnail.data_uri})"
+
+
+def thumbnails_section(store: str, version: str, thumbnails: Sequence[Thumbnail],
+                       not_shown: Sequence[tuple[str, str]] = ()) -> str:
+    """The report's pictures of a pseudo-label version (markdown): one row per thumbnail with its image id
+    and the classes it shows, the images that could not be shown and why, and the gallery command."""
+    lines = ["## Pseudo-labels", ""]
+    if thumbnails:
+        rows = [[f"`{t.image_id}`", ", ".join(t.classes) or "background only", image_markdown(t)] for t in thumbnails]
+        lines += [markdown_table(["image", "classes", "pseudo-labels"], rows), "",
+                  f"The first {len(thumbnails) + len(not_shown)} labelled images by id, each class's colour laid "
+                  "over the photo (background shows the photo).", ""]
+    if not_shown:
+        lines += [markdown_table(["image not shown", "reason"], [[f"`{i}`", why] for i, why in not_shown]), ""]
+    lines += ["Every image, in an HTML gallery:", "", "```", gallery_command(store, version), "```"]
+    return "\n".join(lines)
+
+
 def run_report(
     summary: RunSummary,
     datasets: Sequence[DatasetInput],
     targets: Sequence[DatasetInput] | None,
     params: RunParams,
     device: str,
+    thumbnails: Sequence[Thumbnail] = (),
+    not_shown: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The markdown report of one run of the main flow."""
+    """The markdown report of one run of the main flow, with ``thumbnails`` of its pseudo-labels and the
+    images ``not_shown`` (``(image id, reason)``) of those chosen for them."""
     store = store_location(summary.store)
     images = summary.images
     versions = [("pseudo-labels", summary.pseudo_labels), ("prototype bank", summary.bank),
@@ -129,6 +163,8 @@ def run_report(
         markdown_table(["output", "version"], [[name, f"`{vid}`"] for name, vid in versions if vid]),
         "",
         "Label maps: `labels/<version>` in the store (`[image, y, x]`, one row per image key).",
+        "",
+        thumbnails_section(store, summary.pseudo_labels, thumbnails, not_shown),
         "",
         "## Stages",
         "",
@@ -183,13 +219,50 @@ def publish_run_report(
     params: RunParams,
     device: str,
 ) -> None:
-    """Attach the run report (markdown) and, when anything was scored, the per-class IoU table to the
-    current flow run."""
-    create_markdown_artifact(run_report(summary, datasets, targets, params, device), key=REPORT_KEY,
-                             description="What this run read, produced and scored.")
+    """Attach the run report (markdown, with thumbnails of the pseudo-labels) and, when anything was scored,
+    the per-class IoU table to the current flow run."""
+    thumbnails, not_shown = read_thumbnails(summary.store, summary.pseudo_labels)
+    create_markdown_artifact(run_report(summary, datasets, targets, params, device, thumbnails, not_shown),
+                             key=REPORT_KEY, description="What this run read, produced and scored.")
     rows = class_iou_rows({"pseudo-labels": summary.pseudo_label_metrics, "retrieval": summary.prediction_metrics})
     if rows:
         create_table_artifact(rows, key=IOU_TABLE_KEY, description="Per-class IoU against the ground truth.")
+
+
+def read_thumbnails(store: str, version: str, n: int = SHOWN_IMAGES,
+                    side: int = SIDE) -> tuple[list[Thumbnail], list[tuple[str, str]]]:
+    """Thumbnails of the first ``n`` images by id that the label version ``version`` labelled, read as of
+    its commit: each photo (as its dataset shows it, at its working size) with its label map, at a longer
+    side of ``side``. Returns the thumbnails and ``(image id, reason)`` of the chosen images that could not
+    be read, which are left out; a store or version that cannot be read gives neither."""
+    from maskbank.storage.datasets import ImageError, load_rgb
+    from maskbank.storage.layout import LABELS
+    from maskbank.storage.store import MissingItemError, Store
+    from maskbank.storage.versions import get_version
+
+    try:
+        st = Store.open(store, create=False, version=version)
+        info = get_version(st, version)
+        manifests = [st.read_manifest(fp) for fp in info.datasets]
+        images = {}
+        for fp, m in zip(info.datasets, manifests):
+            keys = st.read_attrs(st.manifest_path(fp))["image_keys"]
+            for record, key in zip(m.records, keys, strict=True):
+                images.setdefault((record.image_id, str(key)), (record, m))
+        chosen = choose_images(images, st.list_items(LABELS, version), n)
+    except Exception as e:  # the report goes out without pictures rather than not at all
+        _log().warning("run report without thumbnails: cannot read version %s of %s: %s", version, store, e)
+        return [], []
+    thumbnails, not_shown = [], []
+    for image_id, key in chosen:
+        record, m = images[image_id, key]
+        try:
+            photo = load_rgb(record.path, exif_transpose=m.exif_transpose)
+            label_map = st.read_label_map(version, key)
+            thumbnails.append(labels_thumbnail(image_id, photo, label_map, manifests[0].class_names, side))
+        except (ImageError, MissingItemError, OSError, ValueError) as e:
+            not_shown.append((image_id, str(e)))
+    return thumbnails, not_shown
 
 
 def publish_evaluation_report(
@@ -207,3 +280,14 @@ def _rounded(value: float | None) -> float | None:
     if value is None or math.isnan(value):
         return None
     return round(float(value), 4)
+
+
+def _log() -> logging.Logger | logging.LoggerAdapter:
+    """The flow run's logger inside a flow run, else this module's."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)

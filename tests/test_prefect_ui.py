@@ -2,8 +2,9 @@
 ``maskbank server deploy`` creates the work pool and deploys from the project's ``prefect.yaml``,
 ``prefect deployment run`` triggers the sample deployment on a slice of the bundled sample at light
 settings, ``prefect worker start --run-once`` runs it; the API then shows a completed run with its report
-and IoU table, headless Chromium renders the run's page and the report, and the re-evaluation deployment
-reproduces the run's scores. Every process started here is stopped, also on failure.
+and IoU table, headless Chromium renders the run's page and the report (its pseudo-label thumbnails too, in
+the UI and in the V1 UI), and the re-evaluation deployment reproduces the run's scores. Every process started
+here is stopped, also on failure.
 """
 
 from __future__ import annotations
@@ -114,6 +115,12 @@ def _text(dom: str) -> str:
     """Visible text of a rendered DOM: tags, scripts and styles dropped, whitespace collapsed."""
     dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom)).replace("&amp;", "&")
+
+
+def _data_images(dom: str) -> list[dict[str, str]]:
+    """Attributes of the ``<img>`` elements of a rendered DOM whose source is a ``data:`` URI, in page order."""
+    images = [dict(re.findall(r'([\w-]+)="([^"]*)"', tag)) for tag in re.findall(r"<img\b[^>]*>", dom)]
+    return [i for i in images if i.get("src", "").startswith("data:")]
 
 
 @pytest.fixture(scope="module")
@@ -272,10 +279,19 @@ def test_ui_renders_the_run_and_its_report(label_run, tmp_path):
     for expected in (flow_run.name, "Completed", "maskbank-label", "Deployment sample", f"Work Pool {POOL}"):
         assert expected in text, expected
     report = label_run["artifacts"]["maskbank-report"]
-    text = _text(_browse(f"{ui}/artifacts/artifact/{report.id}", profile, "--dump-dom"))
+    dom = _browse(f"{ui}/artifacts/artifact/{report.id}", profile, "--dump-dom")
+    text = _text(dom)
     assert "maskbank run report" in text and "Per-class IoU" in text and flow_run.name in text
     pseudo = re.search(r"\| pseudo-labels \| `([0-9a-f]{16})` \|", report.data).group(1)
     assert pseudo in text
+    # the pseudo-label thumbnails, data: URIs in the markdown, are images on the rendered page (of both UIs)
+    thumbnails = re.findall(r"!\[([^\]]*)\]\((data:image/jpeg;base64,[A-Za-z0-9+/=]+)\)", report.data)
+    assert [alt.split()[0] for alt, _ in thumbnails] == sorted(TRAIN)  # every labelled image, by id
+    assert [(i.get("alt"), i["src"]) for i in _data_images(dom)] == thumbnails
+    assert f"--format html --out gallery-{pseudo[:8]}" in text
+    v1 = _browse(f"{ui.removesuffix('/v2')}/artifacts/artifact/{report.id}", profile, "--dump-dom")
+    assert "maskbank run report" in _text(v1)
+    assert [i["src"] for i in _data_images(v1)] == [src for _, src in thumbnails]
     print(f"UI pages rendered in {time.perf_counter() - t0:.1f} s; screenshot {shot}")
 
 

@@ -1,17 +1,25 @@
-"""The run report's text and the per-class IoU rows, from a hand-made run summary."""
+"""The run report's text and the per-class IoU rows, from a hand-made run summary; the thumbnails of its
+pseudo-labels, read from a small store of photos of flat colour blocks and label maps of blocks."""
 
 from __future__ import annotations
 
+import base64
+import io
 import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from maskbank.flows.label import RunSummary
 from maskbank.flows.params import ProposeParams, RunParams
 from maskbank.flows.report import (
-    class_iou_rows, evaluation_report, markdown_table, run_report, score, scores_section,
+    class_iou_rows, evaluation_report, markdown_table, read_thumbnails, run_report, score, scores_section,
 )
 from maskbank.flows.stages.ingest import DatasetInput
+from maskbank.tasks.thumbnails import SIDE, choose_images, classes_shown, labels_picture
 
 
 def _metrics(images: int, miou: float, iou: dict, voc: float | None = None) -> dict:
@@ -108,3 +116,169 @@ def test_reports_name_the_store_by_its_location(summary):
     assert "Store: `s3://bucket/runs/x?region=eu-west-1`" in text
     text = evaluation_report("gs://bucket/store", "0123456789abcdef", "predictions", [DatasetInput(path="v.json")], PRED)
     assert "Version `0123456789abcdef` (predictions) of store `gs://bucket/store`." in text
+
+
+# ----- thumbnails of the pseudo-labels -------------------------------------------------------------------
+
+GREY, RED, BLUE = (120, 120, 120), (220, 30, 30), (30, 30, 220)
+PLAIN_HW = (60, 90)  # a.png, c.png, e.png (stored as shown)
+TURNED_SHOWN_HW = (300, 120)  # b.jpg as its dataset shows it; stored turned, EXIF orientation 6
+
+
+@dataclass
+class Labelled:
+    """A store with a folder dataset and a pseudo-label version of some of its images."""
+
+    store: Path
+    version: str
+    photos: Path
+    class_names: list[str]
+    maps: dict[str, np.ndarray]  # image id -> stored label map
+    shown: dict[str, np.ndarray]  # image id -> photo as shown (what was drawn before saving)
+
+
+def _block(hw: tuple[int, int], y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    m = np.zeros(hw, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Labelled:
+    """Photos of flat colour blocks, one saved turned with an EXIF orientation; label maps of blocks of
+    classes; the version labels a, b, c and e (c's file is gone since) but not d."""
+    from PIL import ExifTags, Image
+
+    from maskbank.storage.datasets import VOC_CLASSES, DatasetSpec, image_size, open_dataset
+    from maskbank.storage.datasets.hashing import sha256_file
+    from maskbank.storage.layout import image_key
+    from maskbank.storage.store import Store
+    from maskbank.storage.versions import publish_version, version_id
+
+    tmp = tmp_path_factory.mktemp("thumbnails")
+    photos = tmp / "photos"
+    photos.mkdir()
+    shown, label_masks = {}, {}
+    for i, name in enumerate(("a.png", "c.png", "d.png", "e.png")):
+        h, w = PLAIN_HW
+        photo = np.full((h, w, 3), GREY, np.uint8)
+        photo[_block(PLAIN_HW, 0, h, 0, w // 2)] = BLUE
+        photo[-1, -1] = i  # files of their own (same content would be one image key)
+        shown[name] = photo
+        Image.fromarray(photo).save(photos / name)
+        label_masks[name] = {"person": _block(PLAIN_HW, 0, h, 0, w // 3),
+                             "cat": _block(PLAIN_HW, 0, h // 2, 2 * w // 3, w)}
+    h, w = TURNED_SHOWN_HW
+    photo = np.full((h, w, 3), GREY, np.uint8)
+    photo[_block(TURNED_SHOWN_HW, 0, h // 3, 0, w)] = RED
+    shown["b.jpg"] = photo
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # shown = stored turned 90 degrees clockwise
+    Image.fromarray(photo).transpose(Image.Transpose.ROTATE_90).save(photos / "b.jpg", quality=95, exif=exif)
+    label_masks["b.jpg"] = {"dog": _block(TURNED_SHOWN_HW, 0, h // 3, 0, w)}
+
+    ds = open_dataset(DatasetSpec(path=photos, format="folder", classes=VOC_CLASSES))
+    keys = {r.image_id: image_key(sha256_file(r.path), ds.exif_transpose, image_size(r.path, ds.exif_transpose))
+            for r in ds.records}
+    st = Store.open(str(tmp / "store.mb"))
+    fp = st.write_manifest(ds, [keys[i] for i in ds.image_ids])
+    maps = {}
+    for image_id in ("a.png", "b.jpg", "c.png", "e.png"):
+        m = np.zeros(shown[image_id].shape[:2], np.uint8)
+        for name, mask in label_masks[image_id].items():
+            m[mask] = ds.class_names.index(name)
+        maps[image_id] = m
+    params = {"seed": {"rounds": 0}}
+    vid = version_id("pseudo_labels", params, [], [fp], code_version="test")
+    st.write_label_maps(vid, [(keys[i], m, i) for i, m in maps.items()])
+    publish_version(st, "pseudo_labels", params, [], [fp], code_version="test")
+    (photos / "c.png").unlink()
+    return Labelled(Path(st.url), vid, photos, list(ds.class_names), maps, shown)
+
+
+def _decoded(uri: str) -> np.ndarray:
+    from PIL import Image
+
+    head, _, data = uri.partition(",")
+    assert head == "data:image/jpeg;base64"
+    with Image.open(io.BytesIO(base64.b64decode(data, validate=True))) as im:
+        assert im.format == "JPEG"
+        return np.asarray(im.convert("RGB")).astype(int)
+
+
+def _blend(photo: tuple[int, int, int], class_index: int) -> np.ndarray:
+    from maskbank.tasks.render import OVERLAY_ALPHA, label_palette
+
+    color = label_palette(class_index + 1)[class_index].astype(float)
+    return np.round(np.array(photo) * (1 - OVERLAY_ALPHA) + color * OVERLAY_ALPHA)
+
+
+def _close(pixels: np.ndarray, expected, tolerance: int = 10) -> bool:
+    """Every pixel of ``[..., 3]`` within ``tolerance`` (JPEG) of the colour ``expected`` on every channel."""
+    return bool((np.abs(pixels.reshape(-1, 3) - np.asarray(expected, float)) <= tolerance).all())
+
+
+def test_choose_images_takes_the_first_labelled_by_id_each_file_once():
+    images = [("b", "k2"), ("a", "k1"), ("d", "k4"), ("c", "k3"), ("a2", "k1"), ("e", "k5")]
+    assert choose_images(images, {"k1", "k3", "k4", "k5"}, 3) == [("a", "k1"), ("c", "k3"), ("d", "k4")]
+    assert choose_images(images, {"k1", "k2"}, 4) == [("a", "k1"), ("b", "k2")]
+    assert choose_images(images, set(), 4) == [] and choose_images(images, {"k1"}, 0) == []
+
+
+def test_classes_shown_and_a_label_map_of_another_frame_is_refused():
+    labels = np.array([[0, 3], [1, 7]], np.uint8)
+    assert classes_shown(labels, ["background", "cat", "dog", "car"]) == ("cat", "car", "class 7")
+    assert classes_shown(np.zeros((2, 2), np.uint8), ["background"]) == ()
+    with pytest.raises(ValueError, match="changed since it was labelled"):
+        labels_picture(np.zeros((4, 6, 3), np.uint8), np.zeros((6, 4), np.uint8))
+
+
+def test_thumbnails_are_the_first_labelled_images_with_their_overlay(labelled):
+    thumbs, not_shown = read_thumbnails(str(labelled.store), labelled.version)
+    assert [t.image_id for t in thumbs] == ["a.png", "b.jpg", "e.png"]  # d is not labelled; c's file is gone
+    assert [i for i, _ in not_shown] == ["c.png"] and "not found" in not_shown[0][1]
+    for t in thumbs:
+        present = sorted(set(np.unique(labelled.maps[t.image_id]).tolist()) - {0})
+        assert t.classes == tuple(labelled.class_names[k] for k in present)
+        pixels = _decoded(t.data_uri)
+        h, w = labelled.shown[t.image_id].shape[:2]
+        scale = min(1.0, SIDE / max(h, w))
+        assert pixels.shape == (round(h * scale), round(w * scale), 3) and max(pixels.shape[:2]) <= SIDE
+
+    a = _decoded(thumbs[0].data_uri)  # 60 x 90, not shrunk: photo blue left half, grey right; person | cat
+    person, cat = labelled.class_names.index("person"), labelled.class_names.index("cat")
+    assert _close(a[4:56, 4:26], _blend(BLUE, person))  # person over blue
+    assert _close(a[4:56, 34:41], BLUE)  # background: the photo
+    assert _close(a[4:56, 49:56], GREY)
+    assert _close(a[4:26, 64:86], _blend(GREY, cat))  # cat over grey
+    assert _close(a[34:56, 64:86], GREY)
+
+    b = _decoded(thumbs[1].data_uri)  # shown 300 x 120 -> 200 x 80: red top third, labelled dog
+    dog = labelled.class_names.index("dog")
+    assert b.shape[:2] == (200, 80)
+    assert _close(b[4:60, 4:76], _blend(RED, dog))
+    assert _close(b[75:196, 4:76], GREY)
+
+
+def test_thumbnails_stop_at_n_and_never_raise(labelled, tmp_path):
+    thumbs, not_shown = read_thumbnails(str(labelled.store), labelled.version, n=2, side=50)
+    assert [t.image_id for t in thumbs] == ["a.png", "b.jpg"] and not_shown == []
+    assert max(_decoded(thumbs[1].data_uri).shape[:2]) == 50
+    assert read_thumbnails(str(tmp_path / "no-store"), labelled.version) == ([], [])
+    assert read_thumbnails(str(labelled.store), "0" * 16) == ([], [])
+
+
+def test_run_report_shows_the_thumbnails_and_the_gallery_command(summary, labelled):
+    thumbs, not_shown = read_thumbnails(str(labelled.store), labelled.version)
+    run = summary.model_copy(update={"store": str(labelled.store), "pseudo_labels": labelled.version})
+    text = run_report(run, [DatasetInput(path=str(labelled.photos))], None, RunParams(), "cpu", thumbs, not_shown)
+    section = text[text.index("## Pseudo-labels"):text.index("## Stages")]
+    rows = re.findall(r"^\| `([^`]+)` \| ([^|]+) \| !\[([^\]]*)\]\((data:image/jpeg;base64,[A-Za-z0-9+/=]+)\) \|$",
+                      section, flags=re.M)
+    assert [(i, c, alt, uri) for i, c, alt, uri in rows] == [
+        (t.image_id, ", ".join(t.classes), f"{t.image_id} with its pseudo-labels", t.data_uri) for t in thumbs]
+    assert f"| `c.png` | {not_shown[0][1]} |" in section
+    vid = labelled.version
+    assert f"maskbank export {labelled.store} {vid} --format html --out gallery-{vid[:8]}" in section
+    bare = run_report(run, [DatasetInput(path="imgs")], None, RunParams(), "cpu")
+    assert "data:image" not in bare and "--format html" in bare and "| image | classes |" not in bare
