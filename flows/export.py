@@ -1,4 +1,5 @@
-"""Hand a label version out of the store as VOC, COCO or class-index PNG files (``maskbank export`` as a flow).
+"""Hand a label version out of the store as VOC, COCO or class-index PNG files, or as a page to review
+(``maskbank export`` as a flow).
 
 Run it after a labelling run, from the UI: by default it exports the store's newest ``pseudo_labels``
 version. The export checks everything before any work, shows its progress per image, and a rerun into the
@@ -43,7 +44,7 @@ def export_labels(store: str, out: str, options: ExportOptions, version: str | N
         store: path or URL of the maskbank store that holds the version.
         out: folder to write (created if missing; an empty folder, or one holding an export of the same
             format, which is completed when it is this export and replaced otherwise).
-        options: format (voc, coco, png), split name, images (link, copy, none), min_score, unlabelled,
+        options: format (voc, coco, png, html), split name, images (link, copy, none), min_score, unlabelled,
             instances.
         version: id of a pseudo_labels or predictions version; unset: the newest pseudo_labels version.
         credentials: name of a Prefect Secret block holding the environment variables that reach an
@@ -60,5 +61,7 @@ def export_labels(store: str, out: str, options: ExportOptions, version: str | N
     result = write(export)
     for image_id, why in result.skipped:
         logger.warning("skipped %s: %s", image_id, why)
+    for note in result.notes:
+        logger.warning("%s", note)
     logger.info("exported %d images into %s", result.images, result.out)
     return asdict(result)

@@ -579,3 +579,114 @@ def test_without_background_shifts_classes_and_ignores_the_placeholder():
     narrow = np.array([[0, 1, 255, 65535]], np.uint16)  # 255 real classes: back to 8 bits, ignore 255
     out = without_background(narrow, 65535, 255)
     assert out.dtype == np.uint8 and out.tolist() == [[255, 0, 254, 255]]
+
+
+# ----- html: a page to review the labels ------------------------------------------------------------
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--virtual-time-budget=10000",
+                  "--window-size=1400,3000", "--allow-file-access-from-files"]
+
+
+def _gallery(out: Path) -> dict:
+    text = (out / "gallery.js").read_text(encoding="utf-8")
+    prefix = "window.MASKBANK_GALLERY = "
+    assert text.startswith(prefix)
+    return json.loads(text[len(prefix):].strip().removesuffix(";"))
+
+
+def test_html_cards_describe_each_image(built, tmp_path):
+    from maskbank.tasks.render import label_palette, overlay_labels, thumbnail, thumbnail_size
+
+    out = tmp_path / "html"
+    result = _export(built, out, built.seeds, format="html", images="copy")
+    assert result.images == 2 and result.notes == [] and result.skipped == []
+    data = _gallery(out)
+    coco = open_dataset(DatasetSpec(path=built.coco_ann))
+    assert [c["name"] for c in data["cards"]] == sorted(COCO_IMAGES) and data["background"]
+    assert [c["name"] for c in data["classes"]] == coco.class_names[1:]  # background is the photo, not a class
+    assert data["classes"][0]["color"] == "#%02x%02x%02x" % tuple(label_palette(2)[1])
+    for card in data["cards"]:
+        key = built.coco_keys[card["id"]]
+        stored = _stored(built, built.seeds, key)
+        masks, labels, scores = built.proposals[key]
+        owner = paint_owner(masks, labels, scores, nms_iou=None)  # seeding paints without NMS
+        assert card["confidence"] == pytest.approx(float(scores[owner[owner >= 0]].mean()), abs=1e-4)
+        values, counts = np.unique(stored, return_counts=True)
+        shares = {int(v): n / stored.size for v, n in zip(values, counts) if v != 0}
+        assert {v: s for v, s in card["classes"]} == pytest.approx(shares, abs=1e-4)
+        assert [s for _, s in card["classes"]] == sorted((s for _, s in card["classes"]), reverse=True)
+        truth = coco.truth(card["id"])
+        both = truth != coco.ignore_index
+        assert card["truth"] and card["disagreement"] == pytest.approx(float((stored[both] != truth[both]).mean()), abs=1e-4)
+        assert card["labels"] == [coco.class_names[k] for k in coco.record(card["id"]).labels]
+        def jpeg(folder: str) -> np.ndarray:
+            with Image.open(out / folder / f"{card['name']}.jpg") as im:
+                return np.asarray(im.convert("RGB"))
+
+        photo = jpeg("thumbs")
+        full = thumbnail(load_rgb(coco.record(card["id"]).path, exif_transpose=False, max_pixels=None))
+        assert photo.shape == full.shape and photo.shape[:2] == thumbnail_size(stored.shape, 320)
+        assert np.abs(photo.astype(int) - full).mean() < 8  # resampled another way, and JPEG
+        for folder, labels_shown in (("overlays", stored), ("truth", np.where(truth == 255, 0, truth))):
+            want = overlay_labels(photo, labels_shown, unlabelled=0).astype(int)
+            assert np.abs(jpeg(folder).astype(int) - want).mean() < 4  # JPEG
+        assert (out / "images" / f"{card['name']}.jpg").is_file()
+
+
+def test_html_of_classes_without_background_colours_by_store_index(tmp_path):
+    from maskbank.tasks.gallery import class_shares, colour_values, disagreement, truth_as_exported
+
+    exported = np.array([[0, 1, 255], [1, 1, 0]], np.uint8)  # exported values: 0 is a class (sky)
+    assert colour_values(exported, 255, background=False).tolist() == [[1, 2, 0], [2, 2, 1]]
+    assert colour_values(exported, 255, background=True).tolist() == [[0, 1, 0], [1, 1, 0]]
+    assert class_shares(exported, 255) == [(1, pytest.approx(0.5)), (0, pytest.approx(2 / 6))]
+    truth = np.array([[1, 1, 2], [2, 255, 0]], np.uint8)  # store indices: placeholder 0, ignore 255
+    t = truth_as_exported(truth, 255, background=False, ignore=255, num_classes=2)
+    assert t.tolist() == [[0, 0, 1], [1, 255, 255]]
+    assert disagreement(exported, t, 255) == pytest.approx(1 / 3)  # labelled in both: 4 pixels, wrong: 1 ... of 3
+    assert disagreement(np.full((1, 2), 255, np.uint8), np.zeros((1, 2), np.uint8), 255) is None
+
+
+def _dom(page: Path, fragment: str, profile: Path) -> str:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required in CI (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    run = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri() + fragment],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout
+
+
+def test_html_page_renders_offline_in_chromium_and_sorts(built, tmp_path):
+    import re
+
+    out = tmp_path / "html"
+    _export(built, out, built.predictions, format="html")
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)  # nothing from the network
+    cards = _gallery(out)["cards"]
+    assert all(c["truth"] and c["confidence"] is not None for c in cards)
+    orders = {
+        "confidence": sorted(cards, key=lambda c: (c["confidence"], c["name"])),
+        "confidence-desc": sorted(cards, key=lambda c: (-c["confidence"], c["name"])),
+        "disagreement": sorted(cards, key=lambda c: (-c["disagreement"], c["name"])),
+    }
+    for sort, want in orders.items():
+        dom = _dom(out / "index.html", f"#sort={sort}", tmp_path / "chromium")
+        assert re.findall(r'<article class="card" data-name="([^"]+)"', dom) == [c["name"] for c in want], sort
+    images = re.findall(r"<img [^>]*>", dom)
+    assert len(images) == 3 * len(cards)  # photo, labels, truth
+    assert all('data-state="loaded"' in img for img in images), images
+    assert f"{len(cards)} of {len(cards)} images" in dom
+    first = _gallery(out)["classes"]
+    name = next(c["name"] for c in first if any(v == c["value"] for v, _ in cards[0]["classes"]))
+    dom = _dom(out / "index.html", f"#class={name}", tmp_path / "chromium")
+    having = [c["name"] for c in cards if any(next(k["name"] for k in first if k["value"] == v) == name for v, _ in c["classes"])]
+    assert sorted(re.findall(r'<article class="card" data-name="([^"]+)"', dom)) == sorted(having)
+    assert f'data-class="{name}"' in dom

@@ -186,3 +186,24 @@ def test_export_refuses_background_for_unlabelled_pixels(scene_run, tmp_path):
                                    "--unlabelled", "background"])
     assert run.exit_code == 2 and "can only be exported as ignore" in run.output
     assert len(run.output.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_html_page_of_classes_without_background(scene_run, tmp_path):
+    """The page names the dataset's own classes, coloured by their store index as ``maskbank show`` colours
+    them, and scores each image against its truth (read again as the store recorded the dataset)."""
+    from typer.testing import CliRunner
+
+    from maskbank.cli import app
+    from maskbank.tasks.render import label_palette
+
+    store, summary = scene_run
+    out = tmp_path / "html"
+    run = CliRunner().invoke(app, ["export", str(store), "--format", "html", "--out", str(out)])
+    assert run.exit_code == 0 and "note:" not in run.output, run.output
+    text = (out / "gallery.js").read_text()
+    data = json.loads(text[text.index("{"):].strip().removesuffix(";"))
+    assert not data["background"] and [c["name"] for c in data["classes"]] == CLASSES
+    palette = label_palette(len(CLASSES) + 1)
+    assert [c["color"] for c in data["classes"]] == ["#%02x%02x%02x" % tuple(palette[k]) for k in (1, 2, 3)]
+    assert len(data["cards"]) == 5 and all(c["truth"] and c["disagreement"] is not None for c in data["cards"])
+    assert all(0 <= v < len(CLASSES) for c in data["cards"] for v, _ in c["classes"])

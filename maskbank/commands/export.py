@@ -1,4 +1,4 @@
-"""``maskbank export``: write a label version as PASCAL VOC, COCO or class-index PNG files.
+"""``maskbank export``: write a label version as PASCAL VOC, COCO or class-index PNG files, or as a page.
 
 Everything that can be wrong (the store, the version, the options, the output folder) is a one-line
 ``error: ...`` and exit code 2 before anything is written.
@@ -21,6 +21,7 @@ pseudo_labels version) into the folder --out.
 voc:  SegmentationClass/<id>.png (VOC colour map), ImageSets/Segmentation/<split>.txt, classes.txt, JPEGImages/
 coco: annotations/instances_<split>.json (RLE masks; a COCO dataset keeps its image and category ids), <split>/
 png:  masks/<id>.png (class indices, 16-bit past 255 classes), classes.txt, images/
+html: index.html, a page to review the labels offline: photo, overlay, truth, legend, confidence; sortable
 
 Masks are at each image's full size (label maps of images over the working-size bound are scaled up,
 nearest neighbour) and in the pixel orientation its file stores: the EXIF orientation that folder datasets
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
 
 def export(
     store: StoreArg,
-    fmt: Annotated[str, typer.Option("--format", help="voc, coco or png.", show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help="voc, coco, png or html.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Folder to write.", show_default=False)],
     version: Annotated[Optional[str], typer.Argument(help="pseudo_labels or predictions version (id or unique prefix); default: the newest pseudo_labels version.", metavar="VERSION", show_default=False)] = None,
     split: Annotated[Optional[str], typer.Option(help="Split name of the lists and files (VOC ImageSets, COCO json and image folder); default: the version's kind.", show_default=False)] = default("split"),
@@ -64,6 +65,8 @@ def export(
                f"(split {result.split}) into {result.out}")
     for image_id, why in result.skipped:
         typer.echo(f"skipped {image_id}: {why}", err=True)
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
 
 
 def _options(**given) -> ExportOptions:

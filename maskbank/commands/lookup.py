@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskbank.storage.datasets import Dataset, DatasetError, DatasetSpec, ImageError, ImageRecord, open_dataset
-from maskbank.storage.datasets.voc import is_voc
+from maskbank.storage.datasets import Dataset, DatasetError, ImageError, ImageRecord, reopen_dataset
 from maskbank.storage.layout import FEATURES, IMAGE_STAGES, LABEL_MAP_KINDS, LABELS, POOLED, PROPOSALS
 from maskbank.storage.store import Manifest, Store
 from maskbank.storage.versions import VersionInfo, list_versions
@@ -146,23 +145,8 @@ def open_truth(ref: ImageRef) -> tuple[np.ndarray, int]:
 
 
 def _reopen(m: Manifest) -> Dataset:
-    """The manifest's dataset read again as it was read (its recorded spec); in stores that recorded none,
-    VOC at its root, COCO from the annotations beside its images."""
-    root = m.root
+    """The manifest's dataset read again (see :func:`reopen_dataset`)."""
     try:
-        if m.spec is not None:
-            return open_dataset(m.spec)
-        if is_voc(root):
-            split = m.name.removeprefix("voc-") if m.name.startswith("voc-") else None
-            return open_dataset(DatasetSpec(path=root, format="voc", split=split))
-        for base in (root.parent, root.parent.parent):
-            for split in dict.fromkeys((m.name, root.name)):
-                ann = base / "annotations" / f"instances_{split}.json"
-                if ann.is_file():
-                    return open_dataset(DatasetSpec(path=ann, format="coco", images=root))
+        return reopen_dataset(m.spec, m.root, m.name)
     except (DatasetError, ImageError) as e:
-        raise NotInStoreError(f"cannot reopen dataset {m.name!r} at {root} for its truth: {e}") from e
-    raise NotInStoreError(
-        f"cannot reopen dataset {m.name!r} for its truth: {root} is neither a VOC root nor a COCO images folder "
-        "with annotations/instances_<split>.json beside it"
-    )
+        raise NotInStoreError(f"cannot reopen dataset {m.name!r} at {m.root} for its truth: {e}") from e

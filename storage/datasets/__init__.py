@@ -19,7 +19,8 @@ Format = Literal["auto", "coco", "voc", "folder", "masks"]
 
 __all__ = [
     "BACKGROUND", "MAX_WORKING_PIXELS", "ClassMap", "Dataset", "DatasetError", "DatasetSpec", "ImageError",
-    "ImageRecord", "VOC_CLASSES", "detect_format", "image_size", "load_rgb", "open_dataset", "working_size",
+    "ImageRecord", "VOC_CLASSES", "detect_format", "image_size", "load_rgb", "open_dataset", "reopen_dataset",
+    "working_size",
 ]
 
 
@@ -82,6 +83,23 @@ def open_dataset(path_or_spec: str | Path | DatasetSpec | Mapping, **options) ->
     dataset = _read(spec)
     dataset.spec = spec.to_dict()
     return dataset
+
+
+def reopen_dataset(spec: Mapping | None, root: Path, name: str) -> Dataset:
+    """A dataset a store recorded, read again: as its recorded ``spec`` says (``Dataset.spec``); for stores
+    that recorded none, a VOC root at ``root``, or a COCO images folder ``root`` with
+    ``annotations/instances_<name or folder name>.json`` beside it. Raises :class:`DatasetError`."""
+    if spec is not None:
+        return open_dataset(spec)
+    root = Path(root)
+    if is_voc(root):
+        return open_dataset(DatasetSpec(path=root, format="voc", split=name.removeprefix("voc-") if name.startswith("voc-") else None))
+    for base in (root.parent, root.parent.parent):
+        for split in dict.fromkeys((name, root.name)):
+            ann = base / "annotations" / f"instances_{split}.json"
+            if ann.is_file():
+                return open_dataset(DatasetSpec(path=ann, format="coco", images=root))
+    raise DatasetError(f"{root} is neither a VOC root nor a COCO images folder with annotations/instances_<split>.json beside it")
 
 
 def _spec(path_or_spec: str | Path | DatasetSpec | Mapping, options: Mapping) -> DatasetSpec:

@@ -18,7 +18,7 @@ class ExportOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: str = Field(description="voc (palette PNGs, split list, classes.txt), coco (instances json with RLE masks) or png (class-index PNGs, classes.txt).")
+    format: str = Field(description="voc (palette PNGs, split list, classes.txt), coco (instances json with RLE masks), png (class-index PNGs, classes.txt) or html (a page to review the labels in a browser).")
     split: str | None = Field(None, pattern=SPLIT_PATTERN, description="Split name of the export's lists and files (VOC ImageSets, COCO instances_<split>.json and image folder); unset: the version's kind.")
     images: Literal["link", "copy", "none"] = Field("link", description="Images beside the labels: symbolic links to the dataset's files (a copy where links cannot be made), copies, or none.")
     min_score: float | None = Field(None, allow_inf_nan=False, description="Pixels whose painting proposal scored below this are written as ignore (255; 65535 past 255 classes); unset: none.")

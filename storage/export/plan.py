@@ -88,6 +88,7 @@ class ExportResult:
     split: str
     images: int
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def plan_export(st: Store, out: str | Path, version: str | None, options: ExportOptions) -> ExportPlan:
@@ -155,4 +156,5 @@ def write_export(plan: ExportPlan, progress: Callable[[int], None] | None = None
         written.append(image)
         advance(1)
     writer.finish(written)
-    return ExportResult(str(plan.out), o.format, plan.version, plan.kind, plan.split, len(written), skipped)
+    return ExportResult(str(plan.out), o.format, plan.version, plan.kind, plan.split, len(written), skipped,
+                        writer.notes)

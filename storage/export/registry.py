@@ -31,6 +31,8 @@ class FormatWriter:
     def __init__(self, plan: ExportPlan) -> None:
         self.plan = plan
         self.out = Path(plan.out)
+        self.notes: list[str] = []
+        """What the user should know about the export written (e.g. what a page could not show)."""
 
     @classmethod
     def problem(cls, plan: ExportPlan) -> str | None:

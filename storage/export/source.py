@@ -52,6 +52,8 @@ class ExportImage:
     labels: tuple[int, ...] | None = None
     """The image's labels (indices of the stored class list, without background); None: unlabelled."""
     has_truth: bool = False
+    dataset: str = ""
+    """Fingerprint of the image's dataset in the store."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ def export_images(st: Store, info: VersionInfo, labelled: set[str]) -> list[Expo
         m = st.read_manifest(fp)
         keys = st.read_attrs(st.manifest_path(fp))["image_keys"]
         images += [ExportImage(r.image_id, export_name(r.image_id), k, Path(r.path), m.exif_transpose, m.root, m.name,
-                               r.labels, r.has_truth)
+                               r.labels, r.has_truth, fp)
                    for r, k in zip(m.records, keys, strict=True) if k in labelled]
     images.sort(key=lambda i: i.name)
     clashes = [(a.image_id, b.image_id) for a, b in zip(images, images[1:]) if a.name == b.name]
@@ -186,7 +188,7 @@ class LabelReader:
                             f"at {made_at[0]}x{made_at[1]}: the file changed since it was labelled")
         rows = self._rows(image.key)
         painting = None
-        if min_score is not None or unlabelled_ignore or instances:
+        if self.proposals is not None:  # the plan names them where the export needs each pixel's proposal
             painting = self._painting(image.key, label_map, rows)
         labels, owner = exported_labels(label_map, self.num_classes, painting, min_score, unlabelled_ignore)
         proposal_labels = self.labels[rows]
