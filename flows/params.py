@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from maskbank.tasks.embed import EmbedConfig
 from maskbank.tasks.propose import ProposerConfig
@@ -36,6 +36,40 @@ class ProposeParams(_Params):
     bf16: bool = Field(ProposerConfig.bf16, description="bfloat16 autocast (CPU and CUDA).")
     generator: Literal["fast", "stock"] = Field(ProposerConfig.generator, description="'fast': decodes prompts and filters at low resolution before upsampling survivors; 'stock': Meta's SamAutomaticMaskGenerator.")
 
+    @field_validator("model")
+    @classmethod
+    def _a_sam_checkpoint(cls, name: str) -> str:
+        _checkpoint_role(name, SAM_INPUT_SIZES, "a Segment Anything checkpoint")
+        return name
+
+    @field_validator("input_size")
+    @classmethod
+    def _a_size_the_encoder_takes(cls, size: int, info: ValidationInfo) -> int:
+        model = info.data.get("model")
+        if model is not None:  # else the model itself was refused
+            sizes = SAM_INPUT_SIZES[_checkpoint_role(model, SAM_INPUT_SIZES, "")]
+            if size not in sizes:
+                raise ValueError(f"{model}'s encoder takes {' or '.join(str(s) for s in sizes)}")
+        return size
+
+
+SAM_INPUT_SIZES = {"vit_t": (1024, 512), "vit_b": (1024,), "vit_l": (1024,), "vit_h": (1024,)}
+"""Encoder input sides each SAM architecture takes (TinyViT's windows also fit 512; ViT's position
+embeddings are for 1024)."""
+
+
+def _checkpoint_role(name: str, roles, what: str) -> str:
+    """The role of checkpoint ``name`` in the weights registry; a ValueError unless it is one of ``roles``."""
+    from maskbank.storage.weights import WeightsError, get_checkpoint
+
+    try:
+        role = get_checkpoint(name).role
+    except WeightsError as e:
+        raise ValueError(str(e)) from None
+    if role not in roles:
+        raise ValueError(f"{name!r} is not {what} (it is a {role} checkpoint)")
+    return role
+
 
 class EmbedParams(_Params):
     """Dense patch features of a frozen backbone."""
@@ -45,6 +79,12 @@ class EmbedParams(_Params):
     long_side: int = Field(EmbedConfig.long_side, ge=14, description="Image long side fed to the backbone, in pixels.")
     saliency: bool = Field(True, description="Also store the backbone's foreground-saliency map, when the checkpoint has a saliency head.")
     bf16: bool = Field(EmbedConfig.bf16, description="bfloat16 autocast of the backbone (faster on a GPU; features at bfloat16 precision).")
+
+    @field_validator("model")
+    @classmethod
+    def _a_backbone_checkpoint(cls, name: str) -> str:
+        _checkpoint_role(name, ("backbone",), "a backbone checkpoint")
+        return name
 
 
 class SeedParams(_Params):

@@ -20,6 +20,7 @@ import logging
 import random
 import shutil
 import time
+from pathlib import Path
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import TypeVar
@@ -102,9 +103,41 @@ def open_repository(location: Location, create: bool = True) -> icechunk.Reposit
     return repo
 
 
+def probe_store(location: Location) -> bool:
+    """Whether a maskbank store is at ``location``; False where one can be created (nothing there, or an
+    empty folder). Raises :class:`NotAStoreError` for a place that holds anything else. Creates nothing."""
+    if location.is_local:
+        path = location.path
+        _refuse_other_files(path)
+        if not path.exists() or not any(p.name != LOCKS_DIR for p in path.iterdir()):
+            return False
+    storage = location.storage()
+    if not icechunk.Repository.exists(storage):
+        if location.is_local:
+            raise NotAStoreError(f"{location.path} exists and is not a maskbank store")
+        return False  # creating it finds out whether the prefix is clean
+    fmt = _store_format(icechunk.Repository.open(storage))
+    if fmt is None:
+        raise NotAStoreError(f"{location} is an icechunk repository but not a maskbank store")
+    if fmt != STORE_FORMAT:
+        raise NotAStoreError(f"{location} has store format {fmt}; this maskbank reads {STORE_FORMAT}")
+    return True
+
+
 def _check_local(location: Location, create: bool) -> None:
     """Refuse, before anything is created, a local path that cannot be or become a store."""
     path = location.path
+    _refuse_other_files(path)
+    if not create and not (path / "config.yaml").exists() and not (path / "refs").exists():
+        if path.is_dir() and any(p.name != LOCKS_DIR for p in path.iterdir()):
+            raise NotAStoreError(f"{path} exists and is not a maskbank store")
+        raise NotAStoreError(f"no maskbank store at {path}")
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+
+
+def _refuse_other_files(path: Path) -> None:
+    """Refuse a local path that is a file or a Zarr store."""
     if path.exists() and not path.is_dir():
         raise NotAStoreError(f"{path} is a file, not a maskbank store")
     old = path / "zarr.json"
@@ -120,12 +153,6 @@ def _check_local(location: Location, create: bool) -> None:
                 f"maskbank 0.1"
             )
         raise NotAStoreError(f"{path} is a Zarr store but not a maskbank store")
-    if not create and not (path / "config.yaml").exists() and not (path / "refs").exists():
-        if path.is_dir() and any(p.name != LOCKS_DIR for p in path.iterdir()):
-            raise NotAStoreError(f"{path} exists and is not a maskbank store")
-        raise NotAStoreError(f"no maskbank store at {path}")
-    if create:
-        path.mkdir(parents=True, exist_ok=True)
 
 
 def transact(

@@ -207,3 +207,20 @@ def test_html_page_of_classes_without_background(scene_run, tmp_path):
     assert [c["color"] for c in data["classes"]] == ["#%02x%02x%02x" % tuple(palette[k]) for k in (1, 2, 3)]
     assert len(data["cards"]) == 5 and all(c["truth"] and c["disagreement"] is not None for c in data["cards"])
     assert all(0 <= v < len(CLASSES) for c in data["cards"] for v, _ in c["classes"])
+
+
+def test_maskbank_run_on_the_masks_folder_gives_the_flow_s_versions(scene_run, scenes, tmp_path):
+    """``maskbank run`` on the folder, with the run's settings, reaches the same stored versions (every stage
+    is a cache hit) and prints the scores without background."""
+    from typer.testing import CliRunner
+
+    from maskbank.cli import app
+
+    store, summary = scene_run
+    params = tmp_path / "light.json"
+    params.write_text(json.dumps({"propose": {"points_per_side": 4}, "embed": {"long_side": 224}, "shard_size": 2}))
+    run = CliRunner().invoke(app, ["run", "--store", str(store), "--bank", str(scenes), "--params", str(params),
+                                   "--device", "cpu"])
+    assert run.exit_code == 0, run.output
+    assert summary.pseudo_labels in run.output and summary.bank in run.output
+    assert f"{summary.pseudo_label_metrics['classes']['miou']:.4f}" in run.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from prefect import task
@@ -88,7 +89,7 @@ def combine(refs: list[DatasetRef]) -> DatasetRef:
             raise ValueError(f"datasets {first.name!r} and {r.name!r} differ in whether their classes include "
                              "background; set `background` on one of them")
     ids = [i for r in refs for i in r.image_ids]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
+    dup = sorted(i for i, n in Counter(ids).items() if n > 1)
     if dup:
         raise ValueError(f"image ids occur in more than one dataset: {dup[:5]}")
 

@@ -138,7 +138,7 @@ def _read(spec: DatasetSpec) -> Dataset:
     raise DatasetError(f"unknown dataset format {fmt!r}; use coco, voc, folder or masks")
 
 
-_FORMAT_OPTIONS = {"classes": ("voc", "folder", "masks"), "ignore_index": ("masks",), "background": ("masks", "voc", "coco")}
+_FORMAT_OPTIONS = {"split": ("coco", "voc"), "classes": ("voc", "folder", "masks"), "ignore_index": ("masks",), "background": ("masks", "voc", "coco")}
 """Spec options that only some formats read: set on another format they are refused, never ignored."""
 
 

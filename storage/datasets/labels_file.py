@@ -8,6 +8,8 @@ relative to the images folder; absolute paths and ``..`` are refused.
 
 from __future__ import annotations
 
+import difflib
+
 import csv
 import json
 import re
@@ -120,7 +122,13 @@ def to_indices(
     if unknown:
         listed = ", ".join(f"{n!r} ({c}x)" for n, c in sorted(unknown.items()))
         if not skip_unknown:
-            raise DatasetError(f"{source}: unknown class names {listed}; known: {list(classes.source_names)}")
+            close = {n: difflib.get_close_matches(n, classes.source_names, n=1) for n in sorted(unknown)}
+            hints = [f"{n!r} -> {c[0]!r}" for n, c in close.items() if c]
+            hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+            known = list(classes.source_names)
+            shown = f"{known[:20]} and {len(known) - 20} more" if len(known) > 20 else f"{known}"
+            raise DatasetError(f"{source}: unknown class names {listed}{hint}; known: {shown}; skip-unknown drops "
+                               "them, rename maps them")
         notes.append(f"{source}: dropped unknown class names {listed}")
     return out, notes
 
