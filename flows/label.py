@@ -22,7 +22,7 @@ from maskbank.flows.execution import DEFAULT_WORKERS, check_scheduler, shard_run
 from maskbank.flows.params import RunParams
 from maskbank.flows.progress import StageProgress
 from maskbank.flows.refs import DatasetRef, ShardRef, VersionRef
-from maskbank.flows.report import publish_run_report
+from maskbank.flows.report import publish_run_report, summary_warnings
 from maskbank.flows.stages.bank import build_bank
 from maskbank.flows.stages.common import (
     ImageJob, checked, checked_shards, jobs_of, shards, unique_jobs, version_complete,
@@ -30,6 +30,7 @@ from maskbank.flows.stages.common import (
 from maskbank.flows.stages.embed import embed_shard, features_key
 from maskbank.flows.stages.evaluate import evaluate
 from maskbank.flows.stages.ingest import DatasetInput, combine, ingest
+from maskbank.flows.stages.labels import coverage_of
 from maskbank.flows.stages.pool import pool_shard, pooled_key
 from maskbank.flows.stages.propose import propose_shard, proposals_key
 from maskbank.flows.stages.retrieve import retrieve
@@ -37,7 +38,8 @@ from maskbank.flows.stages.seed import seed_collection
 
 
 class RunSummary(BaseModel):
-    """What a run produced: version ids, metrics, and what was computed or skipped."""
+    """What a run produced: version ids, metrics, what looks wrong in the label maps, and what was computed
+    or skipped."""
 
     store: str
     labelled: str = Field(description="Fingerprint of the labelled collection.")
@@ -46,6 +48,11 @@ class RunSummary(BaseModel):
     predictions: str | None = None
     pseudo_label_metrics: dict | None = None
     prediction_metrics: dict | None = None
+    pseudo_label_coverage: dict | None = Field(
+        None, description="What looks wrong in the pseudo-label maps against the image labels: images all "
+        "background, images missing a label, classes never painted (tasks.coverage's summary).")
+    prediction_coverage: dict | None = Field(
+        None, description="The same for the predictions, over the targets that have image labels.")
     computed: dict[str, int] = {}
     skipped: list[tuple[str, str]] = []
     images: dict[str, int] = Field({}, description="Labelled, target and distinct images of the run.")
@@ -156,6 +163,7 @@ def label_images(
         predictions=predictions.id if predictions else None,
         pseudo_label_metrics=pseudo_eval.metrics if pseudo_eval else None,
         prediction_metrics=pred_eval.metrics if pred_eval else None,
+        pseudo_label_coverage=coverage_of(pseudo), prediction_coverage=coverage_of(predictions) if predictions else None,
         computed={"propose": sum(len(r.computed) for r in proposals), "embed": sum(len(r.computed) for r in features),
                   "pool": sum(len(r.computed) for r in pooled)},
         skipped=[(k, why) for k, why in skipped] + [s for c in collections for s in c.skipped]
@@ -167,6 +175,8 @@ def label_images(
     for name, m in (("pseudo-labels", summary.pseudo_label_metrics), ("retrieval", summary.prediction_metrics)):
         if m:
             log.info("%s mIoU %.4f over %d images", name, m["classes"]["miou"], m["images"])
+    for line in summary_warnings(summary):
+        log.warning("looks wrong: %s", line)
     publish_run_report(summary, datasets, targets, params, device)
     return summary
 

@@ -5,6 +5,8 @@ Building the text is pure formatting of a run's summary and its evaluation metri
 "classes": {"miou", "classes_present", "iou": {class: IoU or None}}, "voc21": {...}}``) and of thumbnails of
 its pseudo-labels (JPEG ``data:`` URIs, which the Prefect UI's markdown renderer shows as images);
 ``read_thumbnails`` reads those from the store and ``publish_*`` hands the text to Prefect.
+``summary_warnings`` says in one line each what looks wrong in a run's label maps (images all background,
+labels without a pixel; see :mod:`maskbank.tasks.coverage`), for the report and the terminal.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ IOU_TABLE_KEY = "maskbank-class-iou"
 EVALUATION_KEY = "maskbank-evaluation"
 PER_IMAGE_STAGES = ("propose", "embed", "pool")
 STAGES = ("ingest", *PER_IMAGE_STAGES, "seed", "evaluate", "bank", "retrieve")
+SHOWN_NAMES = 10
+"""Images or classes a warning names before "and N more"."""
+_MARKDOWN_SPECIAL = "\\`*_[]<>#|"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -77,6 +82,63 @@ def scores_section(evaluations: Mapping[str, dict | None]) -> str:
     per_class = class_iou_rows(named)
     lines = ["## Scores", "", markdown_table(header, rows), "", "### Per-class IoU", ""]
     lines.append(markdown_table(["class", *named], [[r["class"], *(score(r[n]) for n in named)] for r in per_class]))
+    return "\n".join(lines)
+
+
+def named(names: Sequence[str], total: int | None = None, shown: int = SHOWN_NAMES) -> str:
+    """The first ``shown`` of ``names`` joined by commas, then "and N more" for the rest of ``total`` (by
+    default, of ``names``)."""
+    total = len(names) if total is None else total
+    head = list(names[:shown])
+    more = total - len(head)
+    return ", ".join(head) + (f" and {more} more" if more > 0 else "")
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def coverage_warnings(output: str, coverage: Mapping | None, shown: int = SHOWN_NAMES) -> list[str]:
+    """One line per check of a label version's looks-wrong counts (:meth:`CoverageTally.summary`) that found
+    something, prefixed with ``output`` (the version's role); empty when nothing looks wrong."""
+    if not coverage:
+        return []
+    lines = []
+    empty = coverage["all_background"]
+    if empty["count"]:
+        verb = "is" if empty["count"] == 1 else "are"
+        lines.append(f"{output}: {empty['count']} of {_count(coverage['images'], 'labelled image', 'labelled images')} "
+                     f"{verb} all background (no pixel of any class): {named(empty['images'], empty['count'], shown)}")
+    missing = coverage["labels_missing"]
+    if missing["count"]:
+        images = [f"{m['image']} ({', '.join(m['classes'])})" for m in missing["images"]]
+        lines.append(f"{output}: {_count(missing['count'], 'labelled image has', 'labelled images have')} labels "
+                     f"with no pixel: {named(images, missing['count'], shown)}")
+    never = coverage["classes_never_painted"]
+    if never:
+        classes = [f"{c['class']} (labels {_count(c['images'], 'image', 'images')})" for c in never]
+        lines.append(f"{output}: {_count(len(never), 'class', 'classes')} got no pixel in any image labelled with "
+                     f"{'it' if len(never) == 1 else 'them'}: {named(classes, shown=shown)}")
+    return lines
+
+
+def summary_warnings(summary: RunSummary, shown: int = SHOWN_NAMES) -> list[str]:
+    """One line per thing that looks wrong in a run's label maps against the image labels (pseudo-labels,
+    then predictions), each naming at most ``shown`` images or classes; empty when nothing does."""
+    return (coverage_warnings("pseudo-labels", summary.pseudo_label_coverage, shown)
+            + coverage_warnings("predictions", summary.prediction_coverage, shown))
+
+
+def check_section(warnings: Sequence[str], galleries: Sequence[str] = ()) -> str:
+    """The report's "Check these" section (markdown): the ``warnings`` and the commands (``galleries``) that
+    show every image of the versions concerned; empty without warnings."""
+    if not warnings:
+        return ""
+    escape = lambda text: "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in text)
+    lines = ["## Check these", ""] + [f"- {escape(w)}" for w in warnings]
+    lines += ["", "Counted over the images with image labels, as their label maps were painted."]
+    if galleries:
+        lines += ["", "Every image, in an HTML gallery:", "", "```", *galleries, "```"]
     return "\n".join(lines)
 
 
@@ -151,6 +213,7 @@ def run_report(
         "",
         f"Store: `{store}` (list its versions: `maskbank versions {store}`)",
         "",
+        *([checks, ""] if (checks := _checks(summary, store)) else []),
         "## Datasets",
         "",
         datasets_table(datasets, targets or ()),
@@ -182,6 +245,15 @@ def run_report(
         parts.append("None.")
     parts += ["", "## Parameters", "", parameters_table(params, device)]
     return "\n".join(parts) + "\n"
+
+
+def _checks(summary: RunSummary, store: str) -> str:
+    """The run report's "Check these" section, with the gallery commands of the versions it warns about."""
+    pseudo = coverage_warnings("pseudo-labels", summary.pseudo_label_coverage)
+    predicted = coverage_warnings("predictions", summary.prediction_coverage)
+    galleries = [gallery_command(store, v) for v, w in ((summary.pseudo_labels, pseudo), (summary.predictions, predicted))
+                 if w and v]
+    return check_section(pseudo + predicted, galleries)
 
 
 def parameters_table(params: RunParams, device: str) -> str:

@@ -1,5 +1,6 @@
-"""The run report's text and the per-class IoU rows, from a hand-made run summary; the thumbnails of its
-pseudo-labels, read from a small store of photos of flat colour blocks and label maps of blocks."""
+"""The run report's text and the per-class IoU rows, from a hand-made run summary; the one-line warnings of
+what looks wrong in its label maps; the thumbnails of its pseudo-labels, read from a small store of photos
+of flat colour blocks and label maps of blocks."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pytest
 from maskbank.flows.label import RunSummary
 from maskbank.flows.params import ProposeParams, RunParams
 from maskbank.flows.report import (
-    class_iou_rows, evaluation_report, markdown_table, read_thumbnails, run_report, score, scores_section,
+    check_section, class_iou_rows, coverage_warnings, evaluation_report, markdown_table, named, read_thumbnails,
+    run_report, score, scores_section, summary_warnings,
 )
 from maskbank.flows.stages.ingest import DatasetInput
 from maskbank.tasks.thumbnails import SIDE, choose_images, classes_shown, labels_picture
@@ -116,6 +118,86 @@ def test_reports_name_the_store_by_its_location(summary):
     assert "Store: `s3://bucket/runs/x?region=eu-west-1`" in text
     text = evaluation_report("gs://bucket/store", "0123456789abcdef", "predictions", [DatasetInput(path="v.json")], PRED)
     assert "Version `0123456789abcdef` (predictions) of store `gs://bucket/store`." in text
+
+
+# ----- what looks wrong in the label maps ----------------------------------------------------------------
+
+
+def _coverage(images: int, empty: list[str], missing: list[tuple[str, list[str]]], never: list[tuple[str, int]],
+              empty_count: int | None = None, missing_count: int | None = None) -> dict:
+    return {"images": images,
+            "all_background": {"count": len(empty) if empty_count is None else empty_count, "images": empty},
+            "labels_missing": {"count": len(missing) if missing_count is None else missing_count,
+                               "images": [{"image": i, "classes": cs} for i, cs in missing]},
+            "classes_never_painted": [{"class": c, "images": n} for c, n in never]}
+
+
+NOTHING_WRONG = _coverage(6, [], [], [])
+FLOWERS = _coverage(6, ["img_2.jpg", "img_5.jpg"], [("img_3.jpg", ["cat", "dog"])], [("flower", 2)])
+
+
+def test_named_shows_the_first_names_and_how_many_more():
+    assert named(["a", "b"]) == "a, b"
+    assert named([]) == ""
+    assert named([f"i{k}" for k in range(12)]) == "i0, i1, i2, i3, i4, i5, i6, i7, i8, i9 and 2 more"
+    assert named(["a", "b", "c"], total=40, shown=2) == "a, b and 38 more"
+
+
+def test_coverage_warnings_one_line_per_check_that_found_something():
+    assert coverage_warnings("pseudo-labels", FLOWERS) == [
+        "pseudo-labels: 2 of 6 labelled images are all background (no pixel of any class): img_2.jpg, img_5.jpg",
+        "pseudo-labels: 1 labelled image has labels with no pixel: img_3.jpg (cat, dog)",
+        "pseudo-labels: 1 class got no pixel in any image labelled with it: flower (labels 2 images)",
+    ]
+    one = _coverage(1, ["x"], [], [("a", 1), ("b", 1)])
+    assert coverage_warnings("predictions", one) == [
+        "predictions: 1 of 1 labelled image is all background (no pixel of any class): x",
+        "predictions: 2 classes got no pixel in any image labelled with them: a (labels 1 image), b (labels 1 image)",
+    ]
+    assert coverage_warnings("pseudo-labels", NOTHING_WRONG) == []
+    assert coverage_warnings("pseudo-labels", None) == []
+
+
+def test_coverage_warnings_name_at_most_ten_and_count_the_rest():
+    many = _coverage(5000, [f"e{k:03d}" for k in range(100)], [(f"m{k:03d}", ["dog"]) for k in range(100)], [],
+                     empty_count=1234, missing_count=101)
+    empty, missing = coverage_warnings("pseudo-labels", many)
+    assert empty.startswith("pseudo-labels: 1234 of 5000 labelled images are all background")
+    assert empty.endswith(": e000, e001, e002, e003, e004, e005, e006, e007, e008, e009 and 1224 more")
+    assert missing.startswith("pseudo-labels: 101 labelled images have labels with no pixel: m000 (dog), ")
+    assert missing.endswith("m009 (dog) and 91 more") and missing.count("(dog)") == 10
+
+
+def test_summary_warnings_cover_pseudo_labels_then_predictions(summary):
+    assert summary_warnings(summary) == []  # a summary from before the counts existed
+    assert summary_warnings(summary.model_copy(update={"pseudo_label_coverage": NOTHING_WRONG})) == []
+    both = summary.model_copy(update={"pseudo_label_coverage": FLOWERS,
+                                      "prediction_coverage": _coverage(1, ["t.jpg"], [], [])})
+    lines = summary_warnings(both)
+    assert len(lines) == 4 and [w.split(":")[0] for w in lines] == ["pseudo-labels"] * 3 + ["predictions"]
+    assert "t.jpg" in lines[3]
+
+
+def test_run_report_says_what_to_check_only_when_something_looks_wrong(summary):
+    params = RunParams()
+    assert "Check these" not in run_report(summary, [DatasetInput(path="imgs")], None, params, "cpu")
+    calm = summary.model_copy(update={"pseudo_label_coverage": NOTHING_WRONG, "prediction_coverage": NOTHING_WRONG})
+    assert "Check these" not in run_report(calm, [DatasetInput(path="imgs")], None, params, "cpu")
+    wrong = summary.model_copy(update={"pseudo_label_coverage": FLOWERS})
+    text = run_report(wrong, [DatasetInput(path="imgs")], None, params, "cpu")
+    top = text.split("## Datasets")[0]
+    assert "## Check these\n\n- pseudo-labels: 2 of 6 labelled images are all background" in top
+    assert "img\\_2.jpg, img\\_5.jpg" in top and "img\\_3.jpg (cat, dog)" in top and "flower (labels 2 images)" in top
+    assert f"maskbank export {Path('runs/x.zarr').absolute()} 0123456789abcdef --format html" in top
+    assert "2123456789abcdef" not in top  # the predictions look fine: no gallery of theirs
+
+
+def test_check_section():
+    assert check_section([]) == ""
+    text = check_section(["a *b* [c]"], ["maskbank export s v --format html --out g"])
+    assert text.startswith("## Check these\n\n- a \\*b\\* \\[c\\]\n")
+    assert text.endswith("```\nmaskbank export s v --format html --out g\n```")
+    assert "```" not in check_section(["x"])
 
 
 # ----- thumbnails of the pseudo-labels -------------------------------------------------------------------

@@ -1,18 +1,24 @@
 """What the stages that label proposals share: streamed reads of pooled features, and label versions
-(one painted label map per image plus the per-proposal labels and scores) written a batch at a time."""
+(one painted label map per image plus the per-proposal labels and scores) written a batch at a time, with
+what looks wrong in their maps against the images' labels (images all background, labels without a pixel)
+counted as the maps are painted and kept in the version's metrics."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from maskbank.flows.refs import VersionRef
 from maskbank.storage.layout import POOLED
 from maskbank.storage.store import Store
-from maskbank.storage.versions import publish_version
+from maskbank.storage.versions import get_version, publish_version
+from maskbank.tasks.coverage import CoverageTally, painted_classes
 from maskbank.tasks.paint import paint_by_score
 
 NEUTRAL_SALIENCY = 0.5
 """Saliency of proposals whose features have no saliency head (no prior either way)."""
+COVERAGE = "coverage"
+"""Key of a label version's metrics holding its looks-wrong counts (:meth:`CoverageTally.summary`)."""
 
 
 def pooled_reader(st: Store, pooled_key: str, keys: Sequence[str]):
@@ -41,22 +47,41 @@ def blocks(n: int, size: int) -> list[range]:
     return [range(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+def coverage_of(ref: VersionRef) -> dict | None:
+    """A label version's looks-wrong counts, as its reference carries them (None for a version without)."""
+    return (ref.metrics or {}).get(COVERAGE)
+
+
+def label_version_ref(st: Store, store: str, kind: str, version_id: str) -> VersionRef:
+    """The reference of a label version published in ``st`` (named ``store`` by the flow), with its metrics
+    (the looks-wrong counts) as stored, so that a version computed before reads the same as a new one."""
+    return VersionRef(store=store, id=version_id, kind=kind, metrics=get_version(st, version_id).metrics)
+
+
 class LabelVersionWriter:
     """Paints each image's label map from its proposals' labels and scores, stores the maps a batch at a
-    time, and publishes the version with the per-proposal labels and scores."""
+    time, and publishes the version with the per-proposal labels and scores. As each map is painted it
+    notes which classes it paints against the image's labels (given to :meth:`add`); the counts go in the
+    version's metrics under :data:`COVERAGE`. ``class_names`` name the classes there (default: their
+    indices)."""
 
     def __init__(self, st: Store, kind: str, version_id: str, proposals_key: str, num_classes: int,
-                 nms_iou: float | None) -> None:
+                 nms_iou: float | None, class_names: Sequence[str] | None = None) -> None:
         self.st, self.kind, self.version_id = st, kind, version_id
         self.proposals_key, self.num_classes, self.nms_iou = proposals_key, num_classes, nms_iou
         self.maps = st.label_map_writer(version_id)
+        self.coverage = CoverageTally(class_names if class_names is not None else [str(c) for c in range(num_classes)])
         self.keys: list[str] = []
         self.labels: list[np.ndarray] = []
         self.scores: list[np.ndarray] = []
 
-    def add(self, image_key: str, image_id: str, labels: np.ndarray, scores: np.ndarray) -> None:
+    def add(self, image_key: str, image_id: str, labels: np.ndarray, scores: np.ndarray,
+            image_labels: Sequence[int] | None = None) -> None:
+        """Paint and store one image's map from its proposals' ``labels`` and ``scores``; ``image_labels``
+        (its class indices, None when it has none) are what the map is checked against."""
         props = self.st.read_proposals(self.proposals_key, image_key)
         label_map = paint_by_score(props.masks(), labels, scores, nms_iou=self.nms_iou, num_classes=self.num_classes)
+        self.coverage.add(image_id, painted_classes(label_map, self.num_classes), image_labels)
         self.maps.add(image_key, label_map, image_id)
         self.keys.append(image_key)
         self.labels.append(np.asarray(labels, np.int32))
@@ -72,6 +97,6 @@ class LabelVersionWriter:
         dims = {"image_key": ("image",), "proposal_image": ("proposal",), "proposal_label": ("proposal",),
                 "proposal_score": ("proposal",)}
         info = publish_version(self.st, self.kind, params, parents, datasets, code_version=code_version,
-                               arrays=arrays, dims=dims)
+                               arrays=arrays, dims=dims, metrics={COVERAGE: self.coverage.summary()})
         assert info.id == self.version_id
         return info.id

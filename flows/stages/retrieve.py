@@ -13,7 +13,7 @@ from maskbank.flows.params import RetrieveParams
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.bank import load_bank
 from maskbank.flows.stages.common import cached_task
-from maskbank.flows.stages.labels import LabelVersionWriter, blocks, pooled_reader, key_order
+from maskbank.flows.stages.labels import LabelVersionWriter, blocks, key_order, label_version_ref, pooled_reader
 from maskbank.storage.layout import POOLED, PREDICTIONS
 from maskbank.storage.store import Store
 from maskbank.storage.versions import version_exists, version_id
@@ -22,7 +22,8 @@ from maskbank.tasks.models.device import resolve_device
 from maskbank.tasks.retrieve import BankIndex, rule_k
 
 KIND = PREDICTIONS
-MODULES = ("maskbank.tasks.retrieve", "maskbank.tasks.paint", "maskbank.flows.stages.labels", __name__)
+MODULES = ("maskbank.tasks.retrieve", "maskbank.tasks.paint", "maskbank.tasks.coverage", "maskbank.flows.stages.labels",
+           __name__)
 BLOCK_IMAGES = 256
 """Images whose proposals are read and classified at once."""
 
@@ -32,7 +33,10 @@ def retrieve(
     store: str, targets: DatasetRef, bank_version: VersionRef, proposals_key: str, pooled_key: str,
     params: RetrieveParams, restrict: bool = False, skip: list[str] | None = None, device: str = "auto",
 ) -> VersionRef:
-    """Label maps for the target images by retrieval against ``bank_version``."""
+    """Label maps for the target images by retrieval against ``bank_version``.
+
+    The reference carries the version's metrics: what looks wrong in the maps of the targets that have
+    image labels (when their class list is the bank's), against those labels."""
     st = Store.open(store, create=False)
     rows = [i for i in range(len(targets.image_keys)) if targets.image_keys[i] not in set(skip or ())]
     if restrict:
@@ -44,7 +48,7 @@ def retrieve(
     code = code_version(MODULES)
     vid = version_id(KIND, vparams, [bank_version.id], targets.fingerprints, code_version=code)
     if version_exists(st, vid) and not st.label_maps_missing(vid, keys):
-        return VersionRef(store=store, id=vid, kind=KIND)
+        return label_version_ref(st, store, KIND, vid)
 
     bank = load_bank(st, bank_version.id)
     index = BankIndex(bank, device=resolve_device(device))
@@ -52,7 +56,8 @@ def retrieve(
     allowed = multi_hot([targets.labels[i] for i in rows], bank.num_classes, background=True) if restrict else None
     counts = st.element_counts(POOLED, pooled_key, keys)
     read = pooled_reader(st, pooled_key, keys)
-    out = LabelVersionWriter(st, KIND, vid, proposals_key, bank.num_classes, params.nms_iou)
+    out = LabelVersionWriter(st, KIND, vid, proposals_key, bank.num_classes, params.nms_iou, bank.class_names)
+    same_classes = list(targets.class_names) == list(bank.class_names)
     for block in blocks(len(keys), BLOCK_IMAGES):
         features, _ = read(np.asarray(block))
         owner = np.repeat(np.asarray(block), counts[block.start : block.stop])
@@ -62,6 +67,7 @@ def retrieve(
                                                allowed=None if allowed is None else allowed[owner])
         ends = np.cumsum(counts[block.start : block.stop])
         for j, lo, hi in zip(block, ends - counts[block.start : block.stop], ends):
-            out.add(keys[j], targets.image_ids[rows[j]], labels[lo:hi], scores[lo:hi])
+            out.add(keys[j], targets.image_ids[rows[j]], labels[lo:hi], scores[lo:hi],
+                    targets.labels[rows[j]] if same_classes else None)
     out.publish(vparams, [bank_version.id], targets.fingerprints, code)
-    return VersionRef(store=store, id=vid, kind=KIND)
+    return label_version_ref(st, store, KIND, vid)

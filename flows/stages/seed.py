@@ -11,7 +11,7 @@ from maskbank.flows.params import SeedParams
 from maskbank.flows.progress import StageProgress
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.common import cached_task
-from maskbank.flows.stages.labels import LabelVersionWriter, key_order, pooled_reader
+from maskbank.flows.stages.labels import LabelVersionWriter, key_order, label_version_ref, pooled_reader
 from maskbank.storage.layout import POOLED, PSEUDO_LABELS
 from maskbank.storage.store import Store
 from maskbank.storage.versions import version_exists, version_id
@@ -20,7 +20,8 @@ from maskbank.tasks.models.device import resolve_device
 from maskbank.tasks.seed import seed_images, uncontrasted_classes
 
 KIND = PSEUDO_LABELS
-MODULES = ("maskbank.tasks.seed", "maskbank.tasks.paint", "maskbank.flows.stages.labels", __name__)
+MODULES = ("maskbank.tasks.seed", "maskbank.tasks.paint", "maskbank.tasks.coverage", "maskbank.flows.stages.labels",
+           __name__)
 
 
 @cached_task("seed", MODULES)
@@ -28,7 +29,9 @@ def seed_collection(
     store: str, collection: DatasetRef, proposals_key: str, pooled_key: str, params: SeedParams,
     skip: list[str] | None = None, device: str = "auto",
 ) -> VersionRef:
-    """Seed every labelled image's proposals with one of its labels or background; paint the label maps."""
+    """Seed every labelled image's proposals with one of its labels or background; paint the label maps.
+
+    The reference carries the version's metrics: what looks wrong in its maps against the image labels."""
     st = Store.open(store, create=False)
     rows = [i for i in collection.labelled_indices() if collection.image_keys[i] not in set(skip or ())]
     rows = key_order(rows, collection.image_keys)
@@ -38,7 +41,7 @@ def seed_collection(
     code = code_version(MODULES)
     vid = version_id(KIND, vparams, datasets=collection.fingerprints, code_version=code)
     if version_exists(st, vid) and not st.label_maps_missing(vid, keys):
-        return VersionRef(store=store, id=vid, kind=KIND)
+        return label_version_ref(st, store, KIND, vid)
 
     num_classes = len(collection.class_names)
     image_labels = multi_hot([collection.labels[i] for i in rows], num_classes)
@@ -55,10 +58,11 @@ def seed_collection(
             saliency=True, config=params.config(background=collection.has_background),  # images in key order: the caps take the first by key
             device=resolve_device(device), progress=progress.advance,
         )
-    out = LabelVersionWriter(st, KIND, vid, proposals_key, num_classes, nms_iou=None)
+    out = LabelVersionWriter(st, KIND, vid, proposals_key, num_classes, nms_iou=None,
+                             class_names=collection.class_names)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     for j, i in enumerate(rows):
         sel = slice(offsets[j], offsets[j + 1])
-        out.add(keys[j], collection.image_ids[i], result.labels[sel], result.scores[sel])
+        out.add(keys[j], collection.image_ids[i], result.labels[sel], result.scores[sel], collection.labels[i])
     out.publish(vparams, (), collection.fingerprints, code)
-    return VersionRef(store=store, id=vid, kind=KIND)
+    return label_version_ref(st, store, KIND, vid)
