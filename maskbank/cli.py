@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -15,14 +14,20 @@ from maskbank.commands import export as export_commands
 from maskbank.commands import inspect as inspect_commands
 from maskbank.commands import server as server_commands
 from maskbank.commands import versions as versions_commands
-from maskbank.commands.stores import STORE_HELP, checked_location, fail
+from maskbank.commands import check as check_commands
+from maskbank.commands.preflight import check_device, dataset_input
+from maskbank.commands.stores import STORE_HELP, fail
 from maskbank.commands.weights import weights_app
+
+if TYPE_CHECKING:
+    from maskbank.flows.stages.ingest import DatasetInput
 
 # A local run's temporary Prefect server has no business phoning home (and offline it logs an error trying).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(help="maskbank: pixel-level labels from image-level labels, without training.", no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
+check_commands.register(app)
 evaluate_commands.register(app)
 export_commands.register(app)
 inspect_commands.register(app)
@@ -35,25 +40,14 @@ def sample_root() -> Path:
     return Path(str(resources.files("maskbank") / "sample" / "coco"))
 
 
-def _params(params_file: Optional[Path], overrides: dict) -> "RunParams":
-    from maskbank.flows.params import RunParams
+def _checked_run(labelled: list["DatasetInput"], to_label: list["DatasetInput"], store: str) -> str:
+    """Read every dataset and check the store location before anything starts; the canonical location."""
+    from maskbank.commands import preflight
 
-    base = json.loads(params_file.read_text()) if params_file else {}
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        node = base
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return RunParams.model_validate(base)
-
-
-def _dataset(path: str, split: Optional[str]) -> "DatasetInput":
-    from maskbank.flows.stages.ingest import DatasetInput
-
-    return DatasetInput(path=path, split=split)
+    location = preflight.check_store(store)
+    preflight.check_labelled(preflight.read_datasets(labelled, "labelled"), labelled)
+    preflight.read_datasets(to_label, "to-label")
+    return location
 
 
 def _print_summary(summary) -> None:
@@ -71,6 +65,10 @@ def _print_summary(summary) -> None:
     typer.echo(f"computed: {summary.computed}")
     for key, why in summary.skipped:
         typer.echo(f"skipped {key}: {why}", err=True)
+    from maskbank.flows.report import summary_warnings
+
+    for line in summary_warnings(summary):
+        typer.echo(f"warning: {line}", err=True)
 
 
 WORKERS_HELP = "Shards of the per-image stages run at once in this many threads (cores are shared out among them) [default: 2]."
@@ -78,14 +76,22 @@ DASK_HELP = "Run the per-image shards on the Dask cluster whose scheduler is at 
 BATCH_HELP = "Images per forward pass of SAM's encoder and the backbone [default: 1 on a CPU, 8 on CUDA]."
 
 
+OPTIONS_OF_PARAMS = {"propose.points_per_side": "points-per-side", "propose.input_size": "input-size",
+                     "retrieve.rule": "rule", "shard_size": "shard-size", "retrieve.k": "k", "retrieve.k_per_class": "k"}
+"""The parameter each of ``run``'s options sets, so an error names the option the user typed."""
+
+
 @app.command()
 def run(
     store: str = typer.Option(..., help=f"{STORE_HELP} (created if missing)."),
-    bank: list[str] = typer.Option(..., help="Labelled dataset (repeatable): COCO root or instances json, VOC root, folder or labels file."),
-    bank_split: Optional[str] = typer.Option(None, help="Split of the labelled datasets (COCO train2017, VOC train)."),
-    target: list[str] = typer.Option([], help="Images to label by retrieval (repeatable)."),
-    target_split: Optional[str] = typer.Option(None, help="Split of the target datasets."),
-    params_file: Optional[Path] = typer.Option(None, "--params", help="JSON file of run parameters (see flows/params.py)."),
+    bank: list[str] = typer.Option(..., "--labelled", "--bank", help="Labelled images (repeatable): COCO root or instances json, VOC root, images/ + masks/ folder, image folder or labels file (.csv/.json)."),
+    bank_split: Optional[str] = typer.Option(None, "--labelled-split", "--bank-split", help="Split of the labelled datasets (COCO train2017, VOC train)."),
+    target: list[str] = typer.Option([], "--to-label", "--target", help="Images to label by retrieval against the labelled ones (repeatable)."),
+    target_split: Optional[str] = typer.Option(None, "--to-label-split", "--target-split", help="Split of the datasets to label."),
+    classes: Optional[str] = typer.Option(None, help="Class list of the labelled datasets: a classes.txt/.json file or comma-separated names; a label outside it is an error (or dropped, --skip-unknown)."),
+    rename: list[str] = typer.Option([], metavar="OLD=NEW", help="Rename (or merge) a class of the labelled datasets (repeatable); NEW 'background' folds it into background."),
+    skip_unknown: bool = typer.Option(False, "--skip-unknown", help="Drop labels that are not in the class list instead of stopping."),
+    params_file: Optional[Path] = typer.Option(None, "--params", help="JSON or YAML file of run parameters (see flows/params.py)."),
     points_per_side: Optional[int] = typer.Option(None, help="SAM point prompts per side."),
     input_size: Optional[int] = typer.Option(None, help="SAM encoder input size (512 or 1024)."),
     rule: Optional[str] = typer.Option(None, help="Retrieval rule: class_balanced, majority, knn_weighted."),
@@ -96,17 +102,29 @@ def run(
     workers: Optional[str] = typer.Option(None, metavar="N", help=WORKERS_HELP),
     dask: Optional[str] = typer.Option(None, metavar="ADDRESS", help=DASK_HELP),
     batch: Optional[str] = typer.Option(None, metavar="N", help=BATCH_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Read the datasets and print what the run would do (as maskbank check), then stop."),
 ) -> None:
     """Pseudo-label the labelled datasets and label the targets by retrieval (runs the flow locally)."""
+    from maskbank.commands.preflight import read_params
+
+    check_device(device)
     execution = _execution(workers, dask, batch)
     overrides = {"propose.points_per_side": points_per_side, "propose.input_size": input_size,
                  "retrieve.rule": rule, "shard_size": shard_size}
-    params = _params(params_file, overrides)
+    params = read_params(params_file, overrides, OPTIONS_OF_PARAMS)
     if k is not None:  # the k of the rule that will run
         field = "k_per_class" if params.retrieve.rule == "class_balanced" else "k"
-        params = _params(params_file, {**overrides, f"retrieve.{field}": k})
-    summary = _label(datasets=[_dataset(p, bank_split) for p in bank], store=checked_location(store),
-                     targets=[_dataset(p, target_split) for p in target] or None, params=params, device=device,
+        params = read_params(params_file, {**overrides, f"retrieve.{field}": k}, OPTIONS_OF_PARAMS)
+    labelled = [dataset_input(p, bank_split, classes, rename, skip_unknown) for p in bank]
+    to_label = [dataset_input(p, target_split) for p in target]
+    if dry_run:
+        from maskbank.commands.check import describe_run
+
+        for line in describe_run(labelled, to_label, params, store, device):
+            typer.echo(line)
+        return
+    location = _checked_run(labelled, to_label, store)
+    summary = _label(datasets=labelled, store=location, targets=to_label or None, params=params, device=device,
                      verify=verify, **execution)
     _print_summary(summary)
 
@@ -136,22 +154,26 @@ def _execution(workers: Optional[str], dask: Optional[str], batch: Optional[str]
 
 
 def _label(**kwargs):
-    """Run the main flow; what is wrong with the datasets or the store is a one-line error, exit code 2."""
-    from maskbank.flows.execution import ClusterError
-    from maskbank.flows.label import label_images
-    from maskbank.flows.stages.common import DamagedStoreError
-    from maskbank.storage.datasets import DatasetError
-    from maskbank.storage.location import LocationError
-    from maskbank.storage.store import NotAStoreError
+    """Run the main flow; what is wrong with the datasets or the store is a one-line error, exit code 2.
+    Ctrl-C or SIGTERM stops the run at once, exit code 130 or 143 (see :mod:`maskbank.commands.interrupt`)."""
+    from maskbank.commands.interrupt import LocalRun
 
-    from icechunk import IcechunkError
+    with LocalRun() as run:
+        from maskbank.flows.execution import ClusterError
+        from maskbank.flows.label import label_images
+        from maskbank.flows.stages.common import DamagedStoreError
+        from maskbank.storage.datasets import DatasetError
+        from maskbank.storage.location import LocationError
+        from maskbank.storage.store import NotAStoreError
 
-    try:
-        return label_images(**kwargs)
-    except (DatasetError, NotAStoreError, LocationError, DamagedStoreError, ClusterError) as e:
-        fail(str(e))
-    except IcechunkError as e:  # the store's storage refused (unreachable, no permission, no bucket)
-        fail(f"store {kwargs['store']}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+        from icechunk import IcechunkError
+
+        try:
+            return run(label_images, **kwargs)
+        except (DatasetError, NotAStoreError, LocationError, DamagedStoreError, ClusterError) as e:
+            fail(str(e))
+        except IcechunkError as e:  # the store's storage refused (unreachable, no permission, no bucket)
+            fail(f"store {kwargs['store']}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
 
 
 @app.command()
@@ -165,11 +187,13 @@ def demo(
     """Run the whole flow on the bundled sample with the default models and print the mIoU."""
     from maskbank.flows.params import RunParams
 
+    check_device(device)
     execution = _execution(workers, dask, batch)
     root = sample_root()
-    location = checked_location(store)
-    summary = _label(datasets=[_dataset(str(root), "train2017")], store=location,
-                     targets=[_dataset(str(root), "val2017")], params=RunParams(), device=device, **execution)
+    labelled, to_label = [dataset_input(str(root), "train2017")], [dataset_input(str(root), "val2017")]
+    location = _checked_run(labelled, to_label, store)
+    summary = _label(datasets=labelled, store=location, targets=to_label, params=RunParams(), device=device,
+                     **execution)
     _print_summary(summary)
     typer.echo(f"\nInspect: maskbank inspect {store}    maskbank versions {store}    "
                f"maskbank show {store} <image id> --layer seeds")

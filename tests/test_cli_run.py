@@ -20,7 +20,7 @@ from maskbank import cli
     ],
 )
 def test_k_applies_to_the_active_rule(captured, tmp_path, options, k, k_per_class):
-    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(tmp_path), *options])
+    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(cli.sample_root()), "--bank-split", "train2017", *options])
     assert out.exit_code == 0, out.output
     retrieve = captured["params"].retrieve
     assert (retrieve.k, retrieve.k_per_class) == (k, k_per_class)
@@ -29,7 +29,7 @@ def test_k_applies_to_the_active_rule(captured, tmp_path, options, k, k_per_clas
 def test_k_follows_the_rule_of_a_params_file(captured, tmp_path):
     params = tmp_path / "run.json"
     params.write_text(json.dumps({"retrieve": {"rule": "majority"}}))
-    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(tmp_path),
+    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(cli.sample_root()), "--bank-split", "train2017",
                                        "--params", str(params), "--k", "11"])
     assert out.exit_code == 0, out.output
     assert (captured["params"].retrieve.k, captured["params"].retrieve.k_per_class) == (11, 5)

@@ -79,7 +79,7 @@ def test_local_runner_has_as_many_threads_as_workers():
 
 @pytest.mark.parametrize("workers", ["0", "-2", "abc", "1.5"])
 def test_bad_workers_is_a_one_line_error_before_any_work(captured, tmp_path, workers):
-    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(tmp_path),
+    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(cli.sample_root()), "--bank-split", "train2017",
                                        "--workers", workers])
     assert out.exit_code == 2 and not captured
     assert out.output.strip() == f"error: --workers must be a whole number of at least 1, got {workers!r}"
@@ -87,7 +87,7 @@ def test_bad_workers_is_a_one_line_error_before_any_work(captured, tmp_path, wor
 
 def test_unreachable_dask_is_a_one_line_error_before_any_work(captured, tmp_path):
     address = f"tcp://127.0.0.1:{_closed_port()}"
-    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(tmp_path),
+    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(cli.sample_root()), "--bank-split", "train2017",
                                        "--dask", address])
     assert out.exit_code == 2 and not captured
     lines = out.output.strip().splitlines()
@@ -95,7 +95,7 @@ def test_unreachable_dask_is_a_one_line_error_before_any_work(captured, tmp_path
 
 
 def test_workers_reach_the_flow(captured, tmp_path):
-    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(tmp_path),
+    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(cli.sample_root()), "--bank-split", "train2017",
                                        "--workers", "2"])
     assert out.exit_code == 0, out.output
     assert captured["workers"] == 2 and "dask" not in captured and "batch" not in captured
@@ -103,14 +103,14 @@ def test_workers_reach_the_flow(captured, tmp_path):
 
 @pytest.mark.parametrize("batch", ["0", "-2", "abc", "1.5"])
 def test_bad_batch_is_a_one_line_error_before_any_work(captured, tmp_path, batch):
-    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(tmp_path),
+    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(cli.sample_root()), "--bank-split", "train2017",
                                        "--batch", batch])
     assert out.exit_code == 2 and not captured
     assert out.output.strip() == f"error: --batch must be a whole number of at least 1, got {batch!r}"
 
 
 def test_batch_reaches_the_flow(captured, tmp_path):
-    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(tmp_path),
+    out = CliRunner().invoke(cli.app, ["run", "--store", str(tmp_path / "s"), "--bank", str(cli.sample_root()), "--bank-split", "train2017",
                                        "--batch", "4"])
     assert out.exit_code == 0, out.output
     assert captured["batch"] == 4

@@ -38,7 +38,7 @@ def _cli(*args):
 
 
 def test_readme_folder_to_voc(prefect_harness, sample_root, tmp_path, monkeypatch):
-    """The README's two commands on a folder of four sample photos; the run adds only speed settings
+    """The README's commands (check, run, export) on a folder of four sample photos; the run adds only speed settings
     (fewer SAM prompts, smaller feature maps, two images a shard, the CPU)."""
     from maskbank.storage.datasets import open_dataset
 
@@ -52,9 +52,11 @@ def test_readme_folder_to_voc(prefect_harness, sample_root, tmp_path, monkeypatc
     (photos / "labels.csv").write_text("image,labels\n" + rows)
     assert any(len(v) > 1 for v in truth.values()) and any(" " in n for v in truth.values() for n in v)
 
+    checked = _cli("check", "photos/labels.csv")
+    assert checked.exit_code == 0 and f"{len(PHOTOS)} images, {len(PHOTOS)} labelled" in checked.output, checked.output
     speed = tmp_path / "speed.json"
     speed.write_text(json.dumps({"embed": {"long_side": 224}, "shard_size": 2}))
-    ran = _cli("run", "--store", "photos-store", "--bank", "photos/labels.csv",
+    ran = _cli("run", "--store", "photos-store", "--labelled", "photos/labels.csv",
                "--points-per-side", 4, "--params", speed, "--device", "cpu")
     assert ran.exit_code == 0, ran.output
     exported = _cli("export", "photos-store", "--format", "voc", "--out", "voc/")

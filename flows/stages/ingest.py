@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from maskbank.flows.keys import digest
 from maskbank.flows.refs import DatasetRef
-from maskbank.storage.datasets import DatasetSpec, ImageRecord, image_size, open_dataset
+from maskbank.storage.datasets import Dataset, DatasetSpec, ImageRecord, image_size, open_dataset
 from maskbank.storage.datasets.hashing import FileHasher, default_hash_cache
 from maskbank.storage.layout import image_key
 from maskbank.storage.store import Store
@@ -48,6 +48,16 @@ def _image_hw(record: ImageRecord, exif_transpose: bool) -> tuple[int, int]:
     return image_size(record.path, exif_transpose=exif_transpose)
 
 
+def content_keys(ds: Dataset, hash_cache: Path, save: bool = True) -> list[str]:
+    """The content key of each of the dataset's images (its file's sha256, orientation and size); file
+    hashes are read from and, with ``save``, written to the cache ``hash_cache``."""
+    hasher = FileHasher(hash_cache)
+    keys = [image_key(hasher.sha256(r.path), ds.exif_transpose, _image_hw(r, ds.exif_transpose)) for r in ds.records]
+    if save:
+        hasher.save()
+    return keys
+
+
 @task(name="ingest", task_run_name="ingest-{dataset.name_hint}")
 def ingest(dataset: DatasetInput, store: str, verify: bool = False) -> DatasetRef:
     """Read ``dataset``, write its manifest, and return a reference with per-image content keys.
@@ -59,10 +69,7 @@ def ingest(dataset: DatasetInput, store: str, verify: bool = False) -> DatasetRe
     st = Store.open(store)
     ds = open_dataset(dataset.spec())
     hash_cache = default_hash_cache(ds.root)
-    hasher = FileHasher(hash_cache)
-    keys = [image_key(hasher.sha256(r.path), ds.exif_transpose, _image_hw(r, ds.exif_transpose))
-            for r in ds.records]
-    hasher.save()
+    keys = content_keys(ds, hash_cache)
     if verify and not st.item_complete(st.manifest_path(ds.fingerprint(hash_cache)), verify=True):
         st.delete_paths([st.manifest_path(ds.fingerprint(hash_cache))])
     fp = st.write_manifest(ds, keys, hash_cache)
