@@ -420,6 +420,48 @@ def test_versions_list_shows_tags_and_refuses_unknown_kinds(built):
     assert out.output == "error: unknown version kind 'prediction'; kinds are pseudo_labels, bank, predictions, evaluation\n"
 
 
+def test_versions_and_inspect_describe_datasets_settings_and_prototypes(built):
+    out = _cli("versions", built.path)
+    assert out.exit_code == 0, out.output
+    text = out.output
+    dataset = r"'val2017': 2 images \(2 labelled, 2 with truth\)\n    81 classes: background, person, bicycle, .* and 71 more"
+    assert re.search(rf"^{built.bank}  bank .*  3 prototypes\n    tag bank\.{built.bank}\n    labelled images: {dataset}\n"
+                     rf"    computed from: features {FK}\n    prototypes per class: background: 1, person: 2\n"
+                     r"    classes without prototypes \(retrieval never predicts them\): bicycle, car, .* and 69 more$",
+                     text, re.M), text
+    assert re.search(rf"^{built.pred_a}  predictions .*\n    tag predictions\.{built.pred_a}\n    images to label: {dataset}\n"
+                     rf"    settings: k=25\n    computed from: proposals {PK}, pooled {PLK}$", text, re.M), text
+    assert re.search(rf"^{built.seeds}  pseudo_labels .*\n    tag \S+\n    labelled images: {dataset}\n"
+                     rf"    computed from: proposals {PK}, pooled {PLK}$", text, re.M), text
+    assert re.search(rf"^\w+  evaluation .*  parents {built.pred_b}  mIoU 0\.6333 over 2 images\n    tag \S+\n"
+                     rf"    scored on: {dataset}$", text, re.M), text
+    assert "params {" not in text  # no raw JSON: --json has it
+
+    tree = _cli("inspect", built.path)
+    assert tree.exit_code == 0, tree.output
+    text = tree.output
+    assert re.search(r"dataset 'val2017': .*\n    classes: background, person, bicycle, .* and 71 more\n", text)
+    assert re.search(rf"^  {FK}/  2 images, .*\n    embed: long_side=112, saliency=true \(read from its data\); "
+                     r"8 channels, 14 px patches$", text, re.M), text
+    assert re.search(rf"^  {built.bank}  bank  tag .*\n    labelled images: {dataset}\n    computed from: features {FK}\n"
+                     r"    prototypes per class: background: 1, person: 2\n", text, re.M), text
+
+
+def test_settings_read_as_parameters_and_long_lists_are_cut():
+    from maskbank.commands.describe import computed_from, listed, prototype_lines, settings_lines
+
+    params = {"seed": {"quantile": 0.75, "claim_labels": True, "erosion": "scaled"}, "background": True,
+              "restrict": False, "proposals": PK, "pooled": PLK, "images": "ab" * 32}
+    assert settings_lines(params) == ["seed: quantile=0.75, claim_labels=true, erosion=scaled",
+                                      "settings: background=true, restrict=false"]
+    assert computed_from(params) == f"computed from: proposals {PK}, pooled {PLK}"
+    assert computed_from({"background": True}) is None
+    names = [f"c{i}" for i in range(13)]
+    assert listed(names) == "c0, c1, c2, c3, c4, c5, c6, c7, c8, c9 and 3 more" and listed(names[:2]) == "c0, c1"
+    assert prototype_lines([0, 4, 0], ["background", "cat", "dog"]) == [
+        "prototypes per class: cat: 4", "classes without prototypes (retrieval never predicts them): background, dog"]
+
+
 def test_versions_delete_then_gc_reclaims_the_data(built, tmp_path):
     copy = _copy(built, tmp_path)
     st = Store.open(str(copy), create=False)

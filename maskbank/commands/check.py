@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from maskbank.commands.helptext import PlainCommand
+
 if TYPE_CHECKING:
     from maskbank.flows.params import RunParams
     from maskbank.flows.stages.ingest import DatasetInput
@@ -146,22 +148,28 @@ def _duration(seconds: float) -> str:
 
 
 def check(
-    datasets: list[str] = typer.Argument(..., metavar="DATASET...", help="Labelled datasets: COCO root or instances json, VOC root, images/ + masks/ folder, image folder or labels file."),
-    split: str | None = typer.Option(None, help="Split of the labelled datasets (COCO train2017, VOC train)."),
-    to_label: list[str] = typer.Option([], "--to-label", help="Images to label by retrieval (repeatable)."),
-    to_label_split: str | None = typer.Option(None, help="Split of the datasets to label."),
-    classes: str | None = typer.Option(None, help="Class list of the labelled datasets: a classes.txt/.json file or comma-separated names."),
-    rename: list[str] = typer.Option([], metavar="OLD=NEW", help="Rename (or merge) a class (repeatable)."),
+    datasets: list[str] = typer.Argument(..., metavar="DATASET...", help="Labelled images: COCO root or instances json, VOC root, images/ + masks/ folder, image folder or labels file."),
+    split: str | None = typer.Option(None, metavar="SPLIT", help="Split of the labelled datasets (COCO train2017, VOC train)."),
+    to_label: list[str] = typer.Option([], "--to-label", metavar="DATASET", help="Images to label by retrieval (repeatable).", show_default=False),
+    to_label_split: str | None = typer.Option(None, metavar="SPLIT", help="Split of the datasets to label."),
+    classes: str | None = typer.Option(None, metavar="CLASSES", help="Class list of the labelled datasets: a classes.txt/.json file or comma-separated names."),
+    rename: list[str] = typer.Option([], metavar="OLD=NEW", help="Rename (or merge) a class (repeatable).", show_default=False),
     skip_unknown: bool = typer.Option(False, "--skip-unknown", help="Drop labels that are not in the class list."),
-    params_file: Path | None = typer.Option(None, "--params", help="JSON or YAML file of run parameters."),
-    store: str | None = typer.Option(None, help="Store a run would use: counts what is already computed there."),
-    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda: the time estimate's device."),
+    params_file: Path | None = typer.Option(None, "--params", metavar="FILE", help="JSON or YAML file of run parameters."),
+    store: str | None = typer.Option(None, metavar="STORE", help="Store a run would use: counts what is already computed there."),
+    device: str = typer.Option("auto", metavar="DEVICE", help="auto (CUDA when present), cpu, cuda or cuda:N: the time estimate's device."),
 ) -> None:
     """Read the datasets and print what a run would do: images, classes, parameters, work left and time.
 
+    Reads the labelled images (and the images to label) as maskbank run would, and writes nothing: how
+    many images each dataset has and which are skipped, the classes with how many labelled images show each
+    (thin classes, classes in every image, names that look like typos), the parameters, and against --store
+    what is still to compute and about how long it takes.
+
     \b
     Example:
-      maskbank check photos/labels.csv --store photos-store
+      # labelled images: photos/, with photos/labels.csv naming the classes in each; images to label: new/
+      maskbank check photos/labels.csv --to-label new/ --store photos-store
     """
     from maskbank.commands.preflight import check_device, dataset_input, read_params
 
@@ -178,6 +186,8 @@ def params() -> None:
     \b
     Example:
       maskbank params
+      # run.yaml holds the parameters to change, e.g.  propose: {points_per_side: 16}
+      maskbank run --store photos-store --labelled photos/labels.csv --params run.yaml
     """
     for line in parameter_lines():
         typer.echo(line)
@@ -203,5 +213,5 @@ def parameter_lines() -> list[str]:
 
 def register(app: typer.Typer) -> None:
     """Add the ``check`` and ``params`` commands to ``app``."""
-    app.command("check")(check)
-    app.command("params")(params)
+    app.command("check", cls=PlainCommand)(check)
+    app.command("params", cls=PlainCommand)(params)

@@ -13,22 +13,33 @@ from typing import Annotated, Optional
 
 import typer
 
+from maskbank.commands.helptext import PlainCommand
 from maskbank.commands.stores import StoreArg, fail, open_store
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``evaluate`` command to ``app``."""
-    app.command("evaluate")(evaluate_version)
+    app.command("evaluate", cls=PlainCommand)(evaluate_version)
 
 
 def evaluate_version(
     store: StoreArg,
-    version: Annotated[str, typer.Argument(help="A pseudo_labels or predictions version: id or unique prefix (`maskbank versions STORE`).", show_default=False)],
-    truth: Annotated[list[str], typer.Option(help="Dataset with pixel truth, among the images the version labelled (repeatable): COCO, VOC, masks folder.", show_default=False)],
-    truth_split: Annotated[Optional[str], typer.Option(help="Split of the truth datasets (COCO val2017, VOC val).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Also write the metrics as JSON to this file.")] = None,
+    version: Annotated[str, typer.Argument(metavar="VERSION", help="A pseudo_labels or predictions version: id or unique prefix (`maskbank versions STORE`).", show_default=False)],
+    truth: Annotated[list[str], typer.Option(metavar="DATASET", help="Dataset with pixel truth, among the images the version labelled (repeatable): COCO, VOC, masks folder.", show_default=False)],
+    truth_split: Annotated[Optional[str], typer.Option(metavar="SPLIT", help="Split of the truth datasets (COCO val2017, VOC val).")] = None,
+    out: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Also write the metrics as JSON to this file.")] = None,
 ) -> None:
-    """Score a stored label version against datasets' pixel truth: mIoU, pixel accuracy, IoU per class."""
+    """Score a stored label version against datasets' pixel truth: mIoU, pixel accuracy, IoU per class.
+
+    The version is a pseudo_labels version (the labels of the labelled images) or a predictions version
+    (the labels of the images to label); --truth names the datasets whose pixel truth scores it. The score
+    is stored as an evaluation version too.
+
+    \b
+    Example:
+      # the labels of the images to label (predictions version 3f2a) against their COCO pixel truth
+      maskbank evaluate photos-store 3f2a --truth data/coco --truth-split val2017
+    """
     from maskbank.commands.lookup import NotInStoreError, resolve_version
     from maskbank.flows.stages.ingest import DatasetInput
     from maskbank.storage.datasets import DatasetError, open_dataset

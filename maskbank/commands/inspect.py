@@ -18,7 +18,8 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from maskbank.commands.stores import StoreArg, open_store
+from maskbank.commands.helptext import PlainCommand
+from maskbank.commands.stores import StoreArg, fail, open_store
 from maskbank.storage.layout import PREDICTIONS, PSEUDO_LABELS
 
 
@@ -36,19 +37,30 @@ LABEL_LAYERS = {Layer.seeds: PSEUDO_LABELS, Layer.prediction: PREDICTIONS}
 
 def register(app: typer.Typer) -> None:
     """Add the ``inspect``, ``show`` and ``compare`` commands to ``app``."""
-    app.command("inspect")(inspect_store)
-    app.command("show")(show)
-    app.command("compare")(compare)
+    app.command("inspect", cls=PlainCommand)(inspect_store)
+    app.command("show", cls=PlainCommand)(show)
+    app.command("compare", cls=PlainCommand)(compare)
 
 
 def inspect_store(
     store: StoreArg,
-    version: Annotated[Optional[str], typer.Option(help="Show the store as of this version's commit (id or prefix).")] = None,
+    version: Annotated[Optional[str], typer.Option(metavar="VERSION", help="Show the store as of this version's commit (id or prefix).")] = None,
     show_all: Annotated[bool, typer.Option("--all", help="Also list every image of each stage key, and the bookkeeping arrays.")] = False,
 ) -> None:
-    """Print the store as a tree: datasets, per-image stage keys (images with output, arrays with dims,
-    shape, chunks, dtype, bytes stored and in memory), label maps and versions with their tags. With
-    --version, the store as that version's commit holds it, whatever was written since."""
+    """Print what a store holds, as a tree: datasets, stage keys, label maps and versions.
+
+    Each dataset with its image counts and class names; each per-image stage key (proposals, features,
+    pooled) with its images, what its data shows of its settings and the versions that used it; the label
+    maps and the versions with their settings, datasets and headline metric; every array with its dims,
+    shape, chunks, dtype and bytes stored and in memory. With --version, the store as that version's commit
+    holds it, whatever was written since.
+
+    \b
+    Example:
+      maskbank inspect photos-store
+      # as the store was when version 3f2a was published, every image listed
+      maskbank inspect photos-store --version 3f2a --all
+    """
     from maskbank.commands.tree import store_tree
 
     st = open_store(store, version)
@@ -59,14 +71,24 @@ def inspect_store(
 
 def show(
     store: StoreArg,
-    image_id: Annotated[str, typer.Argument(help="Dataset image id, e.g. 000000196610.")],
-    layer: Annotated[Layer, typer.Option(help="What to draw beside the photo.")],
-    version: Annotated[Optional[str], typer.Option(help="seeds/prediction: version id or prefix, read as of its own commit (default: the newest holding the image).")] = None,
-    key: Annotated[Optional[str], typer.Option(help="masks/features/saliency: stage key or prefix, when several hold the image.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: <image id>-<layer>.png).")] = None,
+    image_id: Annotated[str, typer.Argument(metavar="IMAGE_ID", help="Dataset image id: a COCO or VOC image's id (000000196610), an image folder's file path in it (000000196610.jpg).")],
+    layer: Annotated[Layer, typer.Option(metavar="LAYER", help="What to draw beside the photo: masks, features, saliency, seeds, prediction or truth.", show_default=False)],
+    version: Annotated[Optional[str], typer.Option(metavar="VERSION", help="seeds/prediction: version id or prefix, read as of its own commit (default: the newest holding the image).")] = None,
+    key: Annotated[Optional[str], typer.Option(metavar="KEY", help="masks/features/saliency: stage key or prefix, when several hold the image.")] = None,
+    out: Annotated[Optional[Path], typer.Option(metavar="FILE", help="PNG to write (default: <image id>-<layer>.png).")] = None,
 ) -> None:
-    """Draw one image's layer beside its photo as a PNG: proposal outlines, feature PCA, saliency heat
-    map, or a label map (seeds, prediction, truth) with a legend of its classes."""
+    """Draw one image's layer beside its photo as a PNG: proposals, features, saliency or a label map.
+
+    masks: the SAM proposals' outlines; features: the feature PCA as colours; saliency: a heat map; seeds:
+    the pseudo-labels of a labelled image; prediction: the labels of an image to label; truth: the
+    dataset's pixel truth. A label map comes with a legend of its classes.
+
+    \b
+    Example:
+      # the pseudo-labels of the labelled image 000000196610.jpg, into 000000196610.jpg-seeds.png
+      maskbank show photos-store 000000196610.jpg --layer seeds
+      maskbank show photos-store 000000196610.jpg --layer masks --out masks.png
+    """
     from maskbank.commands.lookup import find_image
     from maskbank.storage.datasets import load_rgb
 
@@ -81,12 +103,22 @@ def show(
 
 def compare(
     store: StoreArg,
-    versions: Annotated[tuple[str, str], typer.Option("--versions", help="Two label versions (ids or prefixes): A B.")],
-    image: Annotated[Optional[str], typer.Option(help="Also draw this dataset image: A | B | pixels that differ.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="PNG for --image (default: <image>-<A>-vs-<B>.png).")] = None,
+    versions: Annotated[tuple[str, str], typer.Option("--versions", metavar="A B", help="The two label versions to compare, ids or prefixes, separated by a space.")],
+    image: Annotated[Optional[str], typer.Option(metavar="IMAGE_ID", help="Also draw this dataset image: A | B | pixels that differ.")] = None,
+    out: Annotated[Optional[Path], typer.Option(metavar="FILE", help="PNG for --image (default: <image>-<A>-vs-<B>.png).")] = None,
 ) -> None:
-    """Where two pseudo-label or prediction versions differ: the share of differing pixels per image and,
-    when both were evaluated, the per-class IoU change."""
+    """Where two label versions differ: the share of differing pixels per image and the IoU change.
+
+    A and B are pseudo_labels or predictions versions (maskbank versions lists them). For every image both
+    labelled: the share of its pixels whose label differs; when both were evaluated, each class's IoU in A
+    and B and the change.
+
+    \b
+    Example:
+      # pseudo-labels of the labelled images before (3f2a) and after (9c1e) a change of parameters
+      maskbank compare photos-store --versions 3f2a 9c1e
+      maskbank compare photos-store --versions 3f2a 9c1e --image 000000196610.jpg --out diff.png
+    """
     from maskbank.commands.lookup import LABEL_KINDS, resolve_version
 
     if out is not None and image is None:
@@ -271,5 +303,4 @@ def _reported() -> Iterator[None]:
     try:
         yield
     except (NotInStoreError, ImageError, MissingItemError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(e), 1)

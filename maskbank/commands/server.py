@@ -20,9 +20,22 @@ from typing import Annotated
 
 import typer
 
-server_app = typer.Typer(
-    help="Local Prefect server and UI: start it, deploy maskbank's flows to it, stop it.", no_args_is_help=True
-)
+from maskbank.commands.helptext import PlainCommand, PlainGroup
+from maskbank.commands.stores import fail
+
+SERVER_HELP = """Local Prefect server and UI: start it, deploy maskbank's flows to it, stop it.
+
+maskbank run needs none (it starts a temporary server of its own); a lasting server keeps the runs'
+history in the UI and runs the flows as deployments, started from the UI with a form of their parameters.
+
+\b
+Example:
+  maskbank server up
+  maskbank server deploy
+  prefect worker start --pool maskbank-local
+  maskbank server down"""
+
+server_app = typer.Typer(cls=PlainGroup, help=SERVER_HELP, no_args_is_help=True)
 
 STATE_FILE = "maskbank-server.json"
 LOG_FILE = "maskbank-server.log"
@@ -147,14 +160,21 @@ def ensure_work_pool(name: str, env: dict[str, str]) -> bool:
     return True
 
 
-@server_app.command()
+@server_app.command(cls=PlainCommand)
 def up(
-    host: Annotated[str, typer.Option(help="Address to bind (keep 127.0.0.1 unless the UI must be reachable from other machines).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the API and UI.")] = 4200,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to answer.")] = 120.0,
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Address to bind (keep 127.0.0.1 unless the UI must be reachable from other machines).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port of the API and UI.")] = 4200,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds to wait for the server to answer.")] = 120.0,
     set_profile: Annotated[bool, typer.Option(help="Write PREFECT_API_URL into the active Prefect profile (else print the export line).")] = True,
 ) -> None:
-    """Start a Prefect server with the UI in the background and wait until it answers."""
+    """Start a Prefect server with the UI in the background and wait until it answers.
+
+    \b
+    Example:
+      maskbank server up
+      # on another port, printing the export line instead of changing the Prefect profile
+      maskbank server up --port 4300 --no-set-profile
+    """
     home = prefect_home()
     home.mkdir(parents=True, exist_ok=True)
     api_url = f"http://{host}:{port}/api"
@@ -163,9 +183,8 @@ def up(
         typer.echo(f"a server started by `maskbank server up` is running: {state['api_url']} (pid {state['pid']})")
         raise typer.Exit(0 if state["api_url"] == api_url else 1)
     if healthy(api_url):
-        typer.echo(f"error: a Prefect server not started by `maskbank server up` already answers at {api_url}; "
-                   "use it (export PREFECT_API_URL) or pick another --port", err=True)
-        raise typer.Exit(1)
+        fail(f"a Prefect server not started by `maskbank server up` already answers at {api_url}; "
+             "use it (export PREFECT_API_URL) or pick another --port", 1)
     log = home / LOG_FILE
     env = {**os.environ, "PREFECT_API_URL": api_url}  # the UI calls the API at this address
     with log.open("ab") as out:
@@ -176,8 +195,7 @@ def up(
         wait_healthy(api_url, process, timeout, log)
     except (RuntimeError, TimeoutError) as e:
         stop_group(process.pid)
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(e), 1)
     if set_profile:
         set_profile_api_url(api_url)
     (home / STATE_FILE).write_text(json.dumps({"pid": process.pid, "api_url": api_url, "log": str(log),
@@ -193,19 +211,24 @@ def up(
         typer.echo(f"export PREFECT_API_URL={api_url}")
 
 
-@server_app.command()
+@server_app.command(cls=PlainCommand)
 def deploy(
-    name: Annotated[list[str] | None, typer.Option("--name", "-n", help="Deployment name from prefect.yaml (repeatable; default: all).")] = None,
-    project: Annotated[Path | None, typer.Option(help="Folder holding prefect.yaml (default: the current folder, else the maskbank checkout).")] = None,
+    name: Annotated[list[str] | None, typer.Option("--name", "-n", metavar="NAME", help="Deployment name from prefect.yaml (repeatable; default: all).")] = None,
+    project: Annotated[Path | None, typer.Option(metavar="FOLDER", help="Folder holding prefect.yaml (default: the current folder, else the maskbank checkout).")] = None,
 ) -> None:
-    """Create the work pools prefect.yaml names, if missing, and deploy its flows to the running server."""
+    """Create the work pools prefect.yaml names, if missing, and deploy its flows to the running server.
+
+    \b
+    Example:
+      maskbank server deploy
+      maskbank server deploy --name sample
+    """
     from prefect.settings import PREFECT_API_URL
 
     api_url = PREFECT_API_URL.value()
     if not api_url or not healthy(api_url):
-        typer.echo(f"error: no Prefect server answers at {api_url or 'PREFECT_API_URL (unset)'}; "
-                   "start one with `maskbank server up`", err=True)
-        raise typer.Exit(1)
+        fail(f"no Prefect server answers at {api_url or 'PREFECT_API_URL (unset)'}; "
+             "start one with `maskbank server up`", 1)
     env = {**os.environ, "PREFECT_API_URL": api_url}
     try:
         folder = project_dir(project)
@@ -214,8 +237,7 @@ def deploy(
             if ensure_work_pool(pool, env):
                 typer.echo(f"created work pool {pool!r} (type process)")
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        fail(str(e), 1)
     targets = [a for n in name for a in ("--name", n)] if name else ["--all"]
     rc = subprocess.run(prefect_command("--no-prompt", "deploy", *targets), cwd=folder, env=env).returncode
     if rc != 0:
@@ -223,9 +245,14 @@ def deploy(
     typer.echo(f"\nStart a worker to run them: prefect worker start {' '.join(f'--pool {p}' for p in pools)}")
 
 
-@server_app.command()
+@server_app.command(cls=PlainCommand)
 def status() -> None:
-    """Show the server `maskbank server up` started and whether it answers."""
+    """Show the server `maskbank server up` started and whether it answers.
+
+    \b
+    Example:
+      maskbank server status
+    """
     state = read_state(prefect_home())
     if not state:
         typer.echo("no server started by `maskbank server up`")
@@ -238,17 +265,21 @@ def status() -> None:
         raise typer.Exit(1)
 
 
-@server_app.command()
+@server_app.command(cls=PlainCommand)
 def down() -> None:
-    """Stop the server `maskbank server up` started and remove PREFECT_API_URL from the profile it set."""
+    """Stop the server `maskbank server up` started and remove PREFECT_API_URL from the profile it set.
+
+    \b
+    Example:
+      maskbank server down
+    """
     home = prefect_home()
     state = read_state(home)
     if not state:
         typer.echo("no server started by `maskbank server up`")
         return
     if server_alive(state["pid"]) and not stop_group(state["pid"]):
-        typer.echo(f"error: server pid {state['pid']} did not stop", err=True)
-        raise typer.Exit(1)
+        fail(f"server pid {state['pid']} did not stop", 1)
     if state.get("profile_set") and profile_api_url() == state["api_url"]:
         set_profile_api_url(None)
     (home / STATE_FILE).unlink()

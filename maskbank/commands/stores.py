@@ -1,8 +1,12 @@
 """Opening a store for a command: a location string (a path or an s3://, gs://, az:// URL), optionally as of
-one of its versions; what cannot be opened is a one-line ``error: ...`` and exit code 2."""
+one of its versions; what cannot be opened is a one-line ``error: ...`` and exit code 2.
+
+:func:`fail` (and :func:`error`) is where every command prints its errors, one line each; ``maskbank
+--debug`` makes them re-raise the exception behind the line instead, traceback and all."""
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, NoReturn
 
 import typer
@@ -10,10 +14,27 @@ import typer
 STORE_HELP = "store path or s3:// gs:// az:// URL"
 StoreArg = Annotated[str, typer.Argument(help=STORE_HELP, metavar="STORE", show_default=False)]
 
+_debug = False
+"""Whether ``maskbank --debug`` is on: errors re-raise the exception behind them instead of one line."""
+
+
+def set_debug(on: bool) -> None:
+    """Turn ``--debug`` on or off for the errors that follow."""
+    global _debug
+    _debug = on
+
+
+def error(message: str) -> None:
+    """Print ``error: message`` on stderr; with ``--debug``, when an exception is being handled, re-raise it
+    instead, so that its traceback shows."""
+    if _debug and sys.exc_info()[1] is not None:
+        raise  # the exception being handled, with its own traceback
+    typer.echo(f"error: {message}", err=True)
+
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``error: message`` on stderr and exit with ``code``."""
-    typer.echo(f"error: {message}", err=True)
+    """Print ``error: message`` on stderr and exit with ``code`` (with ``--debug``, see :func:`error`)."""
+    error(message)
     raise typer.Exit(code)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
+from maskbank.commands.describe import Datasets, listed, version_lines
 from maskbank.storage import layout
 from maskbank.storage.store import Store
 from maskbank.storage.versions import VersionInfo, list_versions
@@ -128,15 +129,19 @@ def _datasets(store: Store) -> Iterator[str]:
         labelled = sum(lab is not None for lab in a["labels"])
         yield (f"{_INDENT}{fp}  dataset {a['name']!r}: {len(a['image_ids'])} images ({labelled} labelled, "
                f"{sum(a['has_truth'])} with truth), {len(a['class_names'])} classes, root {a['root']}")
+        yield f"{_INDENT * 2}classes: {listed(list(a['class_names'])) or 'none'}"
         yield from _array_lines(group_arrays(store.root()[path]), 2)
 
 
 def _versions(store: Store, versions: list[VersionInfo]) -> Iterator[str]:
+    datasets = Datasets(store)
     for v in versions:
         parents = ",".join(v.parents) or "-"
         metric = headline(v, versions)
         yield (f"{_INDENT}{v.id}  {v.kind}  tag {v.tag}  created {v.created[:19]}  parents {parents}"
                + (f"  {metric}" if metric else ""))
+        for line in version_lines(v, datasets):
+            yield f"{_INDENT * 2}{line}"
         yield from _array_lines(group_arrays(store.root()[v.path]), 2)
 
 
@@ -163,6 +168,8 @@ def _stage(store: Store, root: zarr.Group, stage: str, versions: list[VersionInf
                   f"{human_bytes(sum(memory))} in memory"]
         note = _key_note(key, by_id, versions)
         yield f"{_INDENT}{key}/  " + ", ".join(parts) + (f"  ({note})" if note else "")
+        if stage == layout.FEATURES and len(written):
+            yield f"{_INDENT * 2}{_features_settings(group, arrays, written)}"
         extents = {name: np.asarray(group[f"{name}_shape"][...])[written] for name in padded
                    if f"{name}_shape" in group}
         for a in arrays:
@@ -186,6 +193,27 @@ def _images(group: zarr.Group, written: np.ndarray, counts: np.ndarray | None, e
             parts.append(f"{int(counts[written[i]])} {element}s")
         parts += [f"{name} {'x'.join(str(int(n)) for n in shape[i])}" for name, shape in extents.items()]
         yield f"{_INDENT * 3}{key}  " + "  ".join(parts)
+
+
+def _features_settings(group: zarr.Group, arrays: Sequence[ArrayInfo], written: np.ndarray) -> str:
+    """The embed settings a features key's data shows (a stage key records no parameters of its own): the
+    long side images were resized to, whether saliency was stored, the channels and the patch size."""
+    def values(numbers: np.ndarray) -> str:
+        """``448``, or ``224..448`` where the images differ."""
+        unique = sorted({int(n) for n in numbers})
+        return str(unique[0]) if len(unique) == 1 else f"{unique[0]}..{unique[-1]}"
+
+    parts = []
+    if "resized_hw" in group:
+        parts.append(f"long_side={values(np.asarray(group['resized_hw'][...])[written].max(axis=1))}")
+    parts.append(f"saliency={'true' if 'saliency' in group else 'false'}")
+    details = []
+    features = next((a for a in arrays if a.name == "features"), None)
+    if features is not None and features.shape:
+        details.append(f"{features.shape[-1]} channels")
+    if "patch_size" in group:
+        details.append(f"{values(np.asarray(group['patch_size'][...])[written])} px patches")
+    return f"embed: {', '.join(parts)} (read from its data)" + (f"; {', '.join(details)}" if details else "")
 
 
 def _bookkeeping(name: str, padded: set[str], element: str | None) -> bool:
