@@ -6,7 +6,7 @@ import os
 from importlib import metadata, resources
 from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -17,12 +17,9 @@ from maskbank.commands import server as server_commands
 from maskbank.commands import versions as versions_commands
 from maskbank.commands import check as check_commands
 from maskbank.commands.helptext import MaskbankGroup, lazy_defaults, module_constant
-from maskbank.commands.preflight import check_device, dataset_input
+from maskbank.commands.preflight import check_device, check_run, dataset_input
 from maskbank.commands.stores import STORE_HELP, fail, set_debug
 from maskbank.commands.weights import weights_app
-
-if TYPE_CHECKING:
-    from maskbank.flows.stages.ingest import DatasetInput
 
 # A local run's temporary Prefect server has no business phoning home (and offline it logs an error trying).
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -75,16 +72,6 @@ versions_commands.register(app)
 def sample_root() -> Path:
     """The bundled sample: redistributable COCO images with their annotations (see its ATTRIBUTION.md)."""
     return Path(str(resources.files("maskbank") / "sample" / "coco"))
-
-
-def _checked_run(labelled: list["DatasetInput"], to_label: list["DatasetInput"], store: str) -> str:
-    """Read every dataset and check the store location before anything starts; the canonical location."""
-    from maskbank.commands import preflight
-
-    location = preflight.check_store(store)
-    preflight.check_labelled(preflight.read_datasets(labelled, "labelled"), labelled)
-    preflight.read_datasets(to_label, "to-label")
-    return location
 
 
 def _print_summary(summary) -> None:
@@ -195,7 +182,7 @@ def run(
         for line in describe_run(labelled, to_label, params, store, device):
             typer.echo(line)
         return
-    location = _checked_run(labelled, to_label, store)
+    location = check_run(labelled, to_label, store).location
     summary = _label(datasets=labelled, store=location, targets=to_label or None, params=params, device=device,
                      verify=verify, **execution)
     _print_summary(summary)
@@ -272,7 +259,7 @@ def demo(
     execution = _execution(workers, dask, batch)
     root = sample_root()
     labelled, to_label = [dataset_input(str(root), "train2017")], [dataset_input(str(root), "val2017")]
-    location = _checked_run(labelled, to_label, store)
+    location = check_run(labelled, to_label, store).location
     summary = _label(datasets=labelled, store=location, targets=to_label, params=RunParams(), device=device,
                      **execution)
     _print_summary(summary)

@@ -27,12 +27,10 @@ SHOWN = 10
 def describe_run(labelled: Sequence[DatasetInput], to_label: Sequence[DatasetInput], params: RunParams,
                  store: str | None, device: str) -> list[str]:
     """The lines of the report (see the module); exits with a one-line error where a run would fail."""
-    from maskbank.commands.preflight import check_labelled, check_store, read_datasets
+    from maskbank.commands.preflight import check_run
 
-    location = check_store(store) if store is not None else None
-    lab = read_datasets(labelled, "labelled")
-    check_labelled(lab, labelled)
-    tgt = read_datasets(to_label, "to-label")
+    checked = check_run(labelled, to_label, store)
+    lab, tgt = checked.labelled, checked.to_label
     lines = ["datasets:"]
     for role, inputs, datasets in (("labelled", labelled, lab), ("to label", to_label, tgt)):
         for d, ds in zip(inputs, datasets):
@@ -42,7 +40,7 @@ def describe_run(labelled: Sequence[DatasetInput], to_label: Sequence[DatasetInp
     for stage, values in params.model_dump(mode="json").items():
         shown = ", ".join(f"{k}={v}" for k, v in values.items()) if isinstance(values, dict) else values
         lines.append(f"  {stage}: {shown}")
-    lines += _work_lines(lab + tgt, params, location, device)
+    lines += _work_lines(lab + tgt, params, checked.location, checked.store_exists, device)
     return lines
 
 
@@ -81,7 +79,7 @@ def _class_lines(datasets: Sequence[Dataset]) -> list[str]:
     unused = [names[k] for k in order if counts[k] == 0]
     if unused:
         lines.append(f"note: classes no labelled image has (they get no seeds): {_listed(unused)}")
-    everywhere = everywhere_classes(counts, len(labels))
+    everywhere = everywhere_classes(counts, sum(1 for image_labels in labels if image_labels))
     if everywhere:
         lines.append(f"warning: classes in every labelled image (no image shows what they are not, so their "
                      f"seeds rest on the labels alone): {_listed([names[k] for k in everywhere])}")
@@ -91,15 +89,14 @@ def _class_lines(datasets: Sequence[Dataset]) -> list[str]:
     return lines
 
 
-def _work_lines(datasets: Sequence[Dataset], params: RunParams, location: str | None, device: str) -> list[str]:
+def _work_lines(datasets: Sequence[Dataset], params: RunParams, location: str | None, exists: bool,
+                device: str) -> list[str]:
     from maskbank.flows.stages.embed import features_key
     from maskbank.flows.stages.ingest import content_keys
     from maskbank.flows.stages.pool import pooled_key
     from maskbank.flows.stages.propose import proposals_key
     from maskbank.storage.datasets.hashing import default_hash_cache
     from maskbank.storage.layout import FEATURES, POOLED, PROPOSALS
-    from maskbank.storage.location import parse_location
-    from maskbank.storage.repository import probe_store
     from maskbank.storage.store import Store
     from maskbank.tasks.collection import work_seconds
     from maskbank.tasks.models.device import MEASURED_SECONDS_PER_IMAGE, resolve_device
@@ -108,7 +105,7 @@ def _work_lines(datasets: Sequence[Dataset], params: RunParams, location: str | 
     pk, fk = proposals_key(params.propose), features_key(params.embed)
     stages = {PROPOSALS: pk, FEATURES: fk, POOLED: pooled_key(pk, fk)}
     done = {stage: set() for stage in stages}
-    if location is not None and probe_store(parse_location(location)):
+    if exists:
         st = Store.open(location, create=False)
         done = {stage: keys & set(st.list_items(stage, key)) for stage, key in stages.items()}
         lines = [f"store {location}: exists"]

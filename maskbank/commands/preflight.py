@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Optional
@@ -175,8 +176,29 @@ def check_labelled(datasets: Sequence[Dataset], inputs: Sequence[DatasetInput]) 
         fail(f"no labelled image in {paths}: pseudo-labelling needs image labels (a labels file, annotations or masks)")
 
 
-def check_store(location: str) -> str:
-    """The store location in canonical form; an error when the place holds something that is not a store."""
+@dataclass(frozen=True)
+class CheckedRun:
+    """What a run was checked against: the store location in canonical form (None when none was given) and
+    whether a store is there already, and the datasets as the run will read them."""
+
+    location: str | None
+    store_exists: bool
+    labelled: list[Dataset]
+    to_label: list[Dataset]
+
+
+def check_run(labelled: Sequence[DatasetInput], to_label: Sequence[DatasetInput], store: str | None) -> CheckedRun:
+    """Check a run's store location (cheapest first), then read its datasets; a one-line error at the first
+    problem."""
+    location, exists = check_store(store) if store is not None else (None, False)
+    datasets = read_datasets(labelled, "labelled")
+    check_labelled(datasets, labelled)
+    return CheckedRun(location, exists, datasets, read_datasets(to_label, "to-label"))
+
+
+def check_store(location: str) -> tuple[str, bool]:
+    """The store location in canonical form and whether a store is there; an error when the place holds
+    something that is not a store."""
     import icechunk
 
     from maskbank.storage.arrays import error_reason
@@ -185,9 +207,9 @@ def check_store(location: str) -> str:
 
     try:
         loc = parse_location(location)
-        probe_store(loc)
+        exists = probe_store(loc)
     except (LocationError, NotAStoreError) as e:
         fail(str(e))
     except icechunk.IcechunkError as e:
         fail(f"store {location}: {error_reason(e)}")
-    return str(loc)
+    return str(loc), exists
