@@ -34,7 +34,8 @@ def thin_classes(counts: np.ndarray, min_images: int = THIN_CLASS_IMAGES) -> lis
 
 
 def everywhere_classes(counts: np.ndarray, labelled_images: int) -> list[int]:
-    """Classes (not background) in every labelled image of a collection of more than one."""
+    """Classes (not background) in every one of ``labelled_images`` images with at least one label (``counts``:
+    images with each class), in a collection of more than one: no image shows what they are not."""
     c = np.asarray(counts)
     return [int(k) for k in np.flatnonzero(c == labelled_images) if k > 0] if labelled_images > 1 else []
 

@@ -40,6 +40,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from maskbank.tasks.collection import everywhere_classes
 from maskbank.tasks.models.device import resolve_device
 
 
@@ -156,9 +157,7 @@ def uncontrasted_classes(image_labels: np.ndarray) -> list[int]:
     by is empty for them and their seeds rest on label claims and refinement alone."""
     labels = np.asarray(image_labels, bool)
     labelled = labels[labels[:, 1:].any(1)]
-    if len(labelled) < 2:
-        return []
-    return [int(c) + 1 for c in np.flatnonzero(labelled[:, 1:].all(0))]
+    return everywhere_classes(labelled.sum(0), len(labelled))
 
 
 def evidence_images(image_labels: np.ndarray, counts: np.ndarray, per_class: int, reference: int,
