@@ -136,17 +136,12 @@ def open_truth(ref: ImageRef) -> tuple[np.ndarray, int]:
     dataset = _reopen(m)
     if ref.image_id not in dataset:
         raise NotInStoreError(f"dataset {m.name!r} at {m.root} no longer lists image {ref.image_id!r}")
-    if dataset.class_names != m.class_names:
-        raise NotInStoreError(
-            f"dataset {m.name!r} at {m.root} now reads with other class names than were recorded (were the "
-            "classes renamed at ingest?); its truth would not match the store's class indices"
-        )
     return dataset.truth(ref.image_id), dataset.ignore_index
 
 
 def _reopen(m: Manifest) -> Dataset:
     """The manifest's dataset read again (see :func:`reopen_dataset`)."""
     try:
-        return reopen_dataset(m.spec, m.root, m.name)
+        return reopen_dataset(m.spec, m.root, m.name, m.class_names)
     except (DatasetError, ImageError) as e:
         raise NotInStoreError(f"cannot reopen dataset {m.name!r} at {m.root} for its truth: {e}") from e

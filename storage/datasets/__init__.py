@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
@@ -85,13 +85,21 @@ def open_dataset(path_or_spec: str | Path | DatasetSpec | Mapping, **options) ->
     return dataset
 
 
-def reopen_dataset(spec: Mapping | None, root: Path, name: str) -> Dataset:
+def reopen_dataset(spec: Mapping | None, root: Path, name: str, class_names: Sequence[str]) -> Dataset:
     """A dataset a store recorded, read again: as its recorded ``spec`` says (``Dataset.spec``); for stores
     that recorded none, a VOC root at ``root``, or a COCO images folder ``root`` with
-    ``annotations/instances_<name or folder name>.json`` beside it. Raises :class:`DatasetError`."""
+    ``annotations/instances_<name or folder name>.json`` beside it. Raises :class:`DatasetError`, also when
+    it no longer reads with the recorded ``class_names`` (its truth would not match the store's indices)."""
+    dataset = _reopen(spec, Path(root), name)
+    if dataset.class_names != list(class_names):
+        raise DatasetError("it now reads with other class names than were recorded (were the classes renamed at "
+                           "ingest?); its truth would not match the store's class indices")
+    return dataset
+
+
+def _reopen(spec: Mapping | None, root: Path, name: str) -> Dataset:
     if spec is not None:
         return open_dataset(spec)
-    root = Path(root)
     if is_voc(root):
         return open_dataset(DatasetSpec(path=root, format="voc", split=name.removeprefix("voc-") if name.startswith("voc-") else None))
     for base in (root.parent, root.parent.parent):

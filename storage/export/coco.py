@@ -60,8 +60,6 @@ class CocoWriter(FormatWriter):
 
     def __init__(self, plan) -> None:
         super().__init__(plan)
-        self.first = 1 if plan.background else 0
-        """The first exported value that is a category (background is none)."""
         sources: dict[tuple[Path, str], CocoSource | None] = {}
         entries = []
         for image in plan.images:
@@ -82,7 +80,7 @@ class CocoWriter(FormatWriter):
 
     def _categories(self, sources: list[CocoSource]) -> list[dict]:
         """The source's categories when the classes are exactly its categories; else index-numbered ones."""
-        names = list(self.plan.class_names[self.first:])
+        names = list(self.plan.class_names[self.plan.first_class:])
         cats = [sorted(s.categories, key=lambda c: c["id"]) for s in sources]
         if cats and all(c == cats[0] for c in cats) and [c["name"] for c in cats[0]] == names:
             return cats[0]
@@ -103,18 +101,17 @@ class CocoWriter(FormatWriter):
         self.images.append({**(entry or {}), "id": image_id, "file_name": self._file_name(image), "height": h,
                             "width": w})
         category = [c["id"] for c in self.categories]
+        first = self.plan.first_class
         if exported.owner is None:
-            present = [int(c) for c in np.unique(labels) if self.first <= c < len(self.plan.class_names)]
+            present = [int(c) for c in np.unique(labels) if first <= c < len(self.plan.class_names)]
             for c in present:
-                self.annotations.append(_annotation(labels == c, image_id, category[c - self.first]))
+                self.annotations.append(_annotation(labels == c, image_id, category[c - first]))
             return
         for p in np.unique(exported.owner):
             if p == UNPAINTED:
                 continue
-            c = int(exported.proposal_labels[p])
-            if c < self.first:
-                continue  # a proposal painted background: no category
-            ann = _annotation(exported.owner == p, image_id, category[c - self.first])
+            c = int(exported.proposal_labels[p])  # a painting proposal is never background (paint_owner)
+            ann = _annotation(exported.owner == p, image_id, category[c - first])
             self.annotations.append({**ann, "score": float(exported.proposal_scores[p])})
 
     def finish(self, images) -> None:

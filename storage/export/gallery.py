@@ -42,10 +42,6 @@ class GalleryWriter(FormatWriter):
 
     def __init__(self, plan) -> None:
         super().__init__(plan)
-        self.offset = 0 if plan.background else 1
-        """The store's class index of exported value 0 (colours follow the store's indices)."""
-        self.first = 1 if plan.background else 0
-        """The first exported value that is a class shown (background is the photo)."""
         self.truth: dict[str, Dataset | None] = {}
         self._store: Store | None = None
 
@@ -78,7 +74,8 @@ class GalleryWriter(FormatWriter):
             "id": image.image_id,
             "ext": image.path.suffix,
             "labels": None if image.labels is None else [self.plan.class_name(k) for k in image.labels],
-            "classes": [[v, round(share, 4)] for v, share in class_shares(labels, ignore) if v >= self.first],
+            "classes": [[v, round(share, 4)] for v, share in class_shares(labels, ignore)
+                        if v >= self.plan.first_class],
             "confidence": None if exported.confidence is None else round(exported.confidence, 4),
             "disagreement": None,
             "truth": False,
@@ -90,8 +87,7 @@ class GalleryWriter(FormatWriter):
             n = len(self.plan.class_names)
             card["disagreement"] = _rounded(disagreement(labels, truth_as_exported(t, t_ignore, self.plan.background,
                                                                                   ignore, n), ignore))
-            shown = np.where(t == t_ignore, 0, t)
-            self._jpeg(TRUTH_DIR, image, overlay_labels(photo, shown, unlabelled=0))
+            self._jpeg(TRUTH_DIR, image, overlay_labels(photo, t, ignore_index=t_ignore, unlabelled=0))
             card["truth"] = True
         write_json(self._card(image), card)
 
@@ -125,18 +121,14 @@ class GalleryWriter(FormatWriter):
             self._store = Store.open(self.plan.store, create=False, version=self.plan.version)
         m = self._store.read_manifest(image.dataset)
         try:
-            dataset = reopen_dataset(m.spec, m.root, m.name)
+            return reopen_dataset(m.spec, m.root, m.name, m.class_names)
         except (DatasetError, ImageError) as e:
             self.notes.append(f"dataset {m.name!r}: truth not shown, it cannot be read again ({e})")
             return None
-        if dataset.class_names != m.class_names:
-            self.notes.append(f"dataset {m.name!r}: truth not shown, it now reads with other class names")
-            return None
-        return dataset
 
     def finish(self, images) -> None:
         p = self.plan
-        palette = label_palette(len(p.class_names) + self.offset)
+        palette = label_palette(p.stored_classes)  # colours follow the store's class indices
         cards = []
         for image in images:
             try:
@@ -146,8 +138,8 @@ class GalleryWriter(FormatWriter):
         data = {
             "version": p.version, "kind": p.kind, "store": p.store, "split": p.split,
             "images_linked": p.options.images != "none",
-            "classes": [{"value": v, "name": name, "color": "#%02x%02x%02x" % tuple(int(c) for c in palette[v + self.offset])}
-                        for v, name in enumerate(p.class_names) if v >= self.first],
+            "classes": [{"value": v, "name": name, "color": "#%02x%02x%02x" % tuple(int(c) for c in palette[v + p.offset])}
+                        for v, name in enumerate(p.class_names) if v >= p.first_class],
             "background": p.background,
             "notes": list(self.notes),
             "cards": cards,

@@ -47,13 +47,23 @@ class ExportPlan:
     background: bool = True
 
     @property
+    def offset(self) -> int:
+        """The store's class index of exported value 0: 0, or 1 (past the placeholder) without background."""
+        return 0 if self.background else 1
+
+    @property
+    def first_class(self) -> int:
+        """The first exported value that is a class: 1 past background, else 0."""
+        return 1 - self.offset
+
+    @property
     def stored_classes(self) -> int:
         """Number of classes of the stored label maps (the exported ones and, without background, the placeholder)."""
-        return len(self.class_names) + (0 if self.background else 1)
+        return len(self.class_names) + self.offset
 
     def class_name(self, stored_index: int) -> str:
         """Name of a class by its index in the store (as image labels give it)."""
-        return self.class_names[stored_index - (0 if self.background else 1)]
+        return self.class_names[stored_index - self.offset]
 
     @property
     def unlabelled(self) -> str:

@@ -25,7 +25,7 @@ from maskbank.storage.versions import VersionInfo, get_version, list_versions
 from maskbank.tasks.export import (
     Painting, exported_labels, ignore_index, mean_score, shown_size, to_file_frame, without_background,
 )
-from maskbank.tasks.paint import UNPAINTED, owner_labels, paint_owner
+from maskbank.tasks.paint import owner_labels, paint_owner
 
 LABEL_KINDS = tuple(sorted(LABEL_MAP_KINDS))
 
@@ -192,9 +192,7 @@ class LabelReader:
             painting = self._painting(image.key, label_map, rows)
         labels, owner = exported_labels(label_map, self.num_classes, painting, min_score, unlabelled_ignore)
         proposal_labels = self.labels[rows]
-        if not self.background:
-            if owner is not None:
-                owner[labels == 0] = UNPAINTED
+        if not self.background:  # label 0 is unpainted: its pixels have no owner already
             labels = without_background(labels, ignore_index(self.num_classes), self.num_classes - 1)
             proposal_labels = proposal_labels - 1
         return ExportedImage(to_file_frame(labels, file_hw, orientation),
