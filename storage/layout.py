@@ -8,6 +8,7 @@ hierarchy inside an icechunk repository; every array carries ``dimension_names``
     proposals/<stage key>             the proposals of every image under that key (ragged, per proposal)
     features/<stage key>              patch features [image, y, x, channel] and saliency [image, y, x]
     pooled/<stage key>                one pooled feature per proposal (ragged, per proposal)
+                                      (each of the three: attrs {"settings": what its key hashes})
     labels/<version id>               the label maps of a pseudo_labels or predictions version [image, y, x]
     versions/<version id>             a published version's arrays and attrs (kind, params, parents, ...)
 
@@ -32,6 +33,16 @@ VERSIONS = "versions"
 
 IMAGE_STAGES = (PROPOSALS, FEATURES, POOLED)
 """Per-image stages: one group per stage key holding every image computed under that key."""
+
+SETTINGS_ATTR = "settings"
+"""Attr of a per-image stage's group: the settings its stage key hashes, written with the group. Proposals
+and features: ``{"propose"|"embed": {parameter: value}, "checkpoint": <checkpoint id>, "code": <code
+version>}``; pooled: ``{"proposals": <key>, "features": <key>, "code": <code version>}``. Groups written
+before it was recorded have none."""
+SETTINGS_CHECKPOINT = "checkpoint"
+"""In :data:`SETTINGS_ATTR`: what pins the content of the checkpoint the stage ran (its sha256)."""
+SETTINGS_CODE = "code"
+"""In :data:`SETTINGS_ATTR`: the version of the code that computes the stage."""
 
 PSEUDO_LABELS = "pseudo_labels"
 BANK = "bank"

@@ -338,7 +338,8 @@ class Store:
     def write_images(self, stage: str, key: str, schema: Schema, outputs: Sequence[ImageOutput],
                      overwrite: bool = False, attrs: Mapping | None = None) -> list[str]:
         """Write per-image outputs under ``stage``/``key`` in one commit; returns the keys written (an image
-        with an output already is kept unless ``overwrite``)."""
+        with an output already is kept unless ``overwrite``). ``attrs`` are the group's when this write
+        creates it (every writer of a key gives the same)."""
         if not outputs:
             return []
         path = layout.stage_group(stage, key)
@@ -353,6 +354,14 @@ class Store:
         written, _ = self._transact_session(write, f"{stage} {key[:12]}: {len(outputs)} image(s)",
                                             {"stage": stage, "key": key})
         return written
+
+    def stage_settings(self, stage: str, key: str) -> dict | None:
+        """The settings ``stage``/``key`` was computed with, as recorded with its group (see
+        :data:`~maskbank.storage.layout.SETTINGS_ATTR`); None when it records none (written before they
+        were recorded, or by a caller that gave none) or there is no such group."""
+        group = self._group(layout.stage_group(stage, key))
+        settings = None if group is None else group.attrs.get(layout.SETTINGS_ATTR)
+        return dict(settings) if isinstance(settings, Mapping) else None
 
     def read_image(self, stage: str, key: str, image_key: str, verify: bool = True) -> ImageOutput:
         """One image's output under ``stage``/``key``; raises :class:`MissingItemError` when there is none
@@ -434,9 +443,11 @@ class Store:
         }
         return ImageOutput(image_key, {"image_hw": np.array(hw, np.int32)}, elements)
 
-    def write_proposals(self, key: str, outputs: Sequence[ImageOutput], overwrite: bool = False) -> list[str]:
-        """Store proposals made by :meth:`proposals_output`."""
-        return self.write_images(PROPOSALS, key, PROPOSALS_SCHEMA, outputs, overwrite)
+    def write_proposals(self, key: str, outputs: Sequence[ImageOutput], overwrite: bool = False,
+                        settings: Mapping | None = None) -> list[str]:
+        """Store proposals made by :meth:`proposals_output`; ``settings`` (what ``key`` hashes, see
+        :data:`~maskbank.storage.layout.SETTINGS_ATTR`) is recorded with the key's group when it is created."""
+        return self.write_images(PROPOSALS, key, PROPOSALS_SCHEMA, outputs, overwrite, _settings_attrs(settings))
 
     def read_proposals(self, key: str, image_key: str, verify: bool = True) -> Proposals:
         out = self.read_image(PROPOSALS, key, image_key, verify)
@@ -466,15 +477,17 @@ class Store:
             arrays["saliency"] = np.asarray(saliency, np.float32)
         return ImageOutput(image_key, arrays)
 
-    def write_features(self, key: str, outputs: Sequence[ImageOutput], overwrite: bool = False) -> list[str]:
-        """Store features made by :meth:`features_output` (all with saliency, or all without)."""
+    def write_features(self, key: str, outputs: Sequence[ImageOutput], overwrite: bool = False,
+                       settings: Mapping | None = None) -> list[str]:
+        """Store features made by :meth:`features_output` (all with saliency, or all without); ``settings``
+        as for :meth:`write_proposals`."""
         if not outputs:
             return []
         with_saliency = {"saliency" in o.arrays for o in outputs}
         if len(with_saliency) > 1:
             raise ValueError("features of one key come all with saliency or all without")
         schema = FEATURES_SALIENCY_SCHEMA if with_saliency.pop() else FEATURES_SCHEMA
-        return self.write_images(FEATURES, key, schema, outputs, overwrite)
+        return self.write_images(FEATURES, key, schema, outputs, overwrite, _settings_attrs(settings))
 
     def read_features(self, key: str, image_key: str, verify: bool = True) -> tuple[np.ndarray, PatchGeometry]:
         """``(features float16 [Hp, Wp, C], geometry)``."""
@@ -497,8 +510,10 @@ class Store:
                            {"features": np.asarray(features, np.float32), "saliency": np.asarray(saliency, np.float32),
                             "area": np.asarray(area, np.float32)})
 
-    def write_pooled(self, key: str, outputs: Sequence[ImageOutput], overwrite: bool = False) -> list[str]:
-        return self.write_images(POOLED, key, POOLED_SCHEMA, outputs, overwrite)
+    def write_pooled(self, key: str, outputs: Sequence[ImageOutput], overwrite: bool = False,
+                     settings: Mapping | None = None) -> list[str]:
+        """Store pooled features made by :meth:`pooled_output`; ``settings`` as for :meth:`write_proposals`."""
+        return self.write_images(POOLED, key, POOLED_SCHEMA, outputs, overwrite, _settings_attrs(settings))
 
     def read_pooled(self, key: str, image_key: str, verify: bool = True) -> dict[str, np.ndarray]:
         """``{"features", "saliency", "area"}`` of one image's proposals."""
@@ -701,6 +716,11 @@ def _sha_of(root: zarr.Group, path: str) -> str | None:
         return None
     sha = node.attrs.get(SHA_ATTR) if isinstance(node, zarr.Group) else None
     return sha if isinstance(sha, str) else None
+
+
+def _settings_attrs(settings: Mapping | None) -> dict | None:
+    """The attrs that record a stage key's settings with its group."""
+    return None if settings is None else {layout.SETTINGS_ATTR: plain_json(dict(settings))}
 
 
 def _relative_to(path: Path, root: Path) -> str:

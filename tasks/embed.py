@@ -11,14 +11,19 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
-from transformers import PreTrainedModel
 
 from maskbank.tasks.geometry import PatchGeometry
 from maskbank.tasks.models.device import autocast, resolve_device
+
+# Annotations only: transformers takes seconds to import, and `maskbank run --help` imports this module
+# (for the run parameters' defaults).
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

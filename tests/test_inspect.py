@@ -24,7 +24,7 @@ from maskbank.commands.versions import register as register_versions
 from maskbank.storage.datasets import Dataset, DatasetSpec, image_size, load_rgb, open_dataset, working_size
 from maskbank.storage.datasets.coco import write_coco_subset
 from maskbank.storage.datasets.hashing import sha256_file
-from maskbank.storage.layout import FEATURES, LABELS, image_key
+from maskbank.storage.layout import FEATURES, LABELS, POOLED, PROPOSALS, image_key
 from maskbank.storage.store import Store
 from maskbank.storage.versions import list_versions, publish_version, version_id
 from maskbank.tasks import render, rle
@@ -237,6 +237,150 @@ def test_inspect_at_a_version_shows_the_store_as_that_version_published_it(built
 
     unknown = _cli("inspect", copy, "--version", "0000")
     assert unknown.exit_code == 1 and "no version matching '0000'" in unknown.output
+
+
+# ----- the settings a stage key stands for --------------------------------------------------------
+
+
+@dataclass
+class Computed:
+    """A store whose proposals, features and pooled features were written by the stage tasks themselves
+    (tiny random models standing in for SAM and DINOv2), two shards of one image each per stage."""
+
+    path: Path
+    params: dict
+    keys: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def computed(tmp_path_factory, sample_root, one_thread) -> Computed:
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    from maskbank.flows import runtime
+    from maskbank.flows.params import EmbedParams, ProposeParams
+    from maskbank.flows.stages.common import ImageJob
+    from maskbank.flows.stages.embed import embed_shard, features_key
+    from maskbank.flows.stages.pool import pool_shard, pooled_key
+    from maskbank.flows.stages.propose import propose_shard, proposals_key
+    from maskbank.tasks.embed import EmbedConfig, FeatureExtractor
+    from maskbank.tasks.models.saliency import SaliencyHead
+    from maskbank.tasks.models.sam import assemble_sam
+    from maskbank.tasks.models.tiny_vit import tiny_vit
+    from maskbank.tasks.propose import MaskProposer, ProposerConfig
+
+    tmp = tmp_path_factory.mktemp("computed")
+    ds = open_dataset(DatasetSpec(path=write_coco_subset(sample_root, "val2017", tmp / "coco", IMAGES, copy_images=True)))
+    st = Store.open(str(tmp / "store.mb"))
+    image_keys = _image_keys(ds)
+    st.write_manifest(ds, image_keys, tmp / "hashes.json")
+    jobs = [ImageJob(key=k, path=str(r.path), exif_transpose=ds.exif_transpose) for k, r in zip(image_keys, ds.records)]
+
+    torch.manual_seed(0)
+    sam = assemble_sam(tiny_vit(64, embed_dims=(8, 16, 32, 320), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)), 64)
+    proposer = MaskProposer(sam.eval(), ProposerConfig(  # keeps every mask a random SAM predicts
+        input_size=64, points_per_side=4, points_per_batch=16, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+        box_nms_thresh=1.0, bf16=False, device="cpu"))
+    backbone = Dinov2Model(Dinov2Config(hidden_size=CHANNELS * 4, num_hidden_layers=2, num_attention_heads=2,
+                                        patch_size=14, image_size=56))
+    extractor = FeatureExtractor(backbone.eval(), EmbedConfig(long_side=56, layer=-1, device="cpu"),
+                                 saliency_head=SaliencyHead(in_dim=CHANNELS * 4, channels=(16, 8, 4)))
+    propose = ProposeParams(points_per_side=4)
+    embed = EmbedParams(model="dinov2_s", layer=10, long_side=224, saliency=True, bf16=False)
+    pk, fk = proposals_key(propose), features_key(embed)
+    plk = pooled_key(pk, fk)
+    with pytest.MonkeyPatch.context() as mp:  # the stage tasks load these instead of the checkpoints
+        mp.setattr(runtime, "proposer", lambda params, device="auto": proposer)
+        mp.setattr(runtime, "extractor", lambda params, device="auto": extractor)
+        for shard in ([jobs[0]], [jobs[1]]):  # the second shard writes into the group the first created
+            assert propose_shard.fn(st.url, pk, shard, propose, device="cpu").computed == [shard[0].key]
+            assert embed_shard.fn(st.url, fk, shard, embed, device="cpu").computed == [shard[0].key]
+            assert pool_shard.fn(st.url, plk, shard, pk, fk).computed == [shard[0].key]
+    return Computed(Path(st.url), {"propose": propose, "embed": embed},
+                    {PROPOSALS: pk, FEATURES: fk, POOLED: plk})
+
+
+def test_a_stage_key_records_the_settings_it_hashes(computed):
+    from maskbank.flows.keys import stage_key
+    from maskbank.flows.stages.embed import features_settings
+    from maskbank.flows.stages.pool import pooled_settings
+    from maskbank.flows.stages.propose import proposals_settings
+
+    st = Store.open(str(computed.path), create=False)
+    pk, fk, plk = (computed.keys[s] for s in (PROPOSALS, FEATURES, POOLED))
+    proposals, features, pooled = (st.stage_settings(s, computed.keys[s]) for s in (PROPOSALS, FEATURES, POOLED))
+    assert proposals == proposals_settings(computed.params["propose"])
+    assert proposals["propose"] == computed.params["propose"].model_dump(mode="json")
+    assert stage_key(PROPOSALS, proposals["propose"], [proposals["checkpoint"]], proposals["code"]) == pk
+    assert features == features_settings(computed.params["embed"])
+    assert stage_key(FEATURES, features["embed"], [features["checkpoint"]], features["code"]) == fk
+    assert pooled == pooled_settings(pk, fk) and set(pooled) == {"proposals", "features", "code"}
+    assert stage_key(POOLED, {}, [pooled["proposals"], pooled["features"]], pooled["code"]) == plk
+    assert st.stage_settings(PROPOSALS, "z" * 24) is None  # no such key
+
+
+def test_inspect_shows_the_settings_each_stage_key_stands_for(computed):
+    from maskbank.flows import runtime
+    from maskbank.flows.keys import code_version
+    from maskbank.flows.stages import embed, pool, propose
+
+    out = _cli("inspect", computed.path)
+    assert out.exit_code == 0, out.output
+    text = out.output
+    pk, fk, plk = (computed.keys[s] for s in (PROPOSALS, FEATURES, POOLED))
+    sam, dino = (runtime.checkpoint_id(name)[:16] for name in ("mobile_sam", "dinov2_s"))
+    assert re.search(rf"^  {pk}/  2 images, \d+ proposals, .*\n"
+                     r"    propose: model=mobile_sam, input_size=1024, points_per_side=4, points_per_batch=null, "
+                     r"pred_iou_thresh=0\.88, .*, generator=fast\n"
+                     rf"    computed with: checkpoint sha256 {sam}, code version {code_version(propose.MODULES)}\n"
+                     r"    area  ", text, re.M), text
+    assert re.search(rf"^  {fk}/  2 images, .*\n"
+                     r"    embed: model=dinov2_s, layer=10, long_side=224, saliency=true, bf16=false; "
+                     rf"{CHANNELS * 4} channels, 14 px patches\n"
+                     rf"    computed with: checkpoint sha256 {dino}, code version {code_version(embed.MODULES)}\n"
+                     r"    features  ", text, re.M), text
+    assert re.search(rf"^  {plk}/  2 images, \d+ proposals, .*\n"
+                     rf"    pool: from proposals {pk}, features {fk}\n"
+                     rf"    computed with: code version {code_version(pool.MODULES)}\n"
+                     r"    area  ", text, re.M), text
+    assert "read from its data" not in text
+
+
+def test_stage_keys_that_record_no_settings_still_print(built, tmp_path):
+    """Groups written before stage keys recorded their settings (as ``built``'s are): the features key shows
+    what its data says, the others their arrays alone; beside a key that records its settings."""
+    copy = _copy(built, tmp_path)
+    st = Store.open(str(copy), create=False)
+    assert all(st.stage_settings(s, k) is None for s, k in ((PROPOSALS, PK), (FEATURES, FK), (POOLED, PLK)))
+    first = built.keys[IMAGES[0]]
+    settings = {"propose": {"model": "sam_vit_b", "points_per_side": 32}, "checkpoint": "sam_vit_b@None",
+                "code": "0123456789abcdef"}
+    st.write_proposals("n" * 24, [st.proposals_output(first, [], image_hw=(4, 4))], settings=settings)
+    assert st.stage_settings(PROPOSALS, "n" * 24) == settings
+
+    out = _cli("inspect", copy)
+    assert out.exit_code == 0, out.output
+    text = out.output
+    assert re.search(rf"^  {'n' * 24}/  1 images, 0 proposals, .*\n    propose: model=sam_vit_b, points_per_side=32\n"
+                     r"    computed with: checkpoint sam_vit_b@None, code version 0123456789abcdef\n", text, re.M), text
+    assert re.search(rf"^  {PK}/  2 images, 4 proposals, .*\n    area  ", text, re.M), text
+    assert re.search(rf"^  {FK}/  2 images, .*\n    embed: long_side=112, saliency=true \(read from its data\); "
+                     r"8 channels, 14 px patches\n    features  ", text, re.M), text
+    assert re.search(rf"^  {PLK}/  2 images, 4 proposals, .*\n    area  ", text, re.M), text
+    assert "pool:" not in text
+
+
+def test_stage_settings_read_as_parameters():
+    from maskbank.commands.describe import stage_settings_lines
+
+    sha = "ab" * 32
+    assert stage_settings_lines(FEATURES, {"embed": {"model": "dinov2_s", "saliency": False}, "checkpoint": sha,
+                                           "code": "c" * 16}, "8 channels") == [
+        "embed: model=dinov2_s, saliency=false; 8 channels",
+        f"computed with: checkpoint sha256 {sha[:16]}, code version {'c' * 16}"]
+    assert stage_settings_lines(POOLED, {"proposals": PK, "features": FK, "code": "c" * 16}) == [
+        f"pool: from proposals {PK}, features {FK}", f"computed with: code version {'c' * 16}"]
+    assert stage_settings_lines(PROPOSALS, {}) == []
 
 
 # ----- show ---------------------------------------------------------------------------------------

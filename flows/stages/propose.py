@@ -8,7 +8,7 @@ from maskbank.flows.params import ProposeParams
 from maskbank.flows.refs import ShardRef
 from maskbank.flows.stages.common import ImageJob, cached_task, run_shard
 from maskbank.storage.datasets import load_rgb
-from maskbank.storage.layout import PROPOSALS
+from maskbank.storage.layout import PROPOSALS, SETTINGS_CHECKPOINT, SETTINGS_CODE
 from maskbank.storage.store import ImageOutput, Store
 from maskbank.tasks.models.device import images_per_batch
 from maskbank.tasks.propose import non_overlapping
@@ -18,9 +18,17 @@ MODULES = ("maskbank.tasks.propose", "maskbank.tasks.proposals", "maskbank.tasks
            "maskbank.tasks.rle", __name__)
 
 
+def proposals_settings(params: ProposeParams) -> dict:
+    """What the key of the proposals made with ``params`` hashes, as their group records it: the parameters,
+    the checkpoint's content and the code version."""
+    return {"propose": params.model_dump(mode="json"), SETTINGS_CHECKPOINT: runtime.checkpoint_id(params.model),
+            SETTINGS_CODE: code_version(MODULES)}
+
+
 def proposals_key(params: ProposeParams) -> str:
     """Key of the proposals made with ``params`` (the checkpoint's content included)."""
-    return stage_key(PROPOSALS, params, [runtime.checkpoint_id(params.model)], code_version(MODULES))
+    s = proposals_settings(params)
+    return stage_key(PROPOSALS, s["propose"], [s[SETTINGS_CHECKPOINT]], s[SETTINGS_CODE])
 
 
 @cached_task("propose", MODULES, task_run_name="propose-{key:.8}")
@@ -41,5 +49,6 @@ def propose_shard(
                                                props.bbox, props.area, props.image_hw))
         return outputs
 
-    return run_shard(st, PROPOSALS, key, jobs, compute, lambda outs: st.write_proposals(key, outs),
+    settings = proposals_settings(params)
+    return run_shard(st, PROPOSALS, key, jobs, compute, lambda outs: st.write_proposals(key, outs, settings=settings),
                      images_per_batch(model.device, batch))

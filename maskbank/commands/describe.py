@@ -1,9 +1,11 @@
-"""A store's datasets and versions described in words: a dataset's name, image counts and classes; a
-version's datasets, the settings it was computed with, the stage keys it was computed from and, for a bank,
-its prototypes per class. ``maskbank versions`` and ``maskbank inspect`` print these lines beside the ids.
+"""A store's datasets, versions and stage keys described in words: a dataset's name, image counts and
+classes; a version's datasets, the settings it was computed with, the stage keys it was computed from and,
+for a bank, its prototypes per class; the settings a per-image stage key (proposals, features, pooled)
+stands for. ``maskbank versions`` and ``maskbank inspect`` print these lines beside the ids.
 
-The settings of a version are the parameters it records; a per-image stage key (proposals, features,
-pooled) records none of its own, so a version that names the key is how it is traced.
+The settings of a version are the parameters it records; those of a stage key are what the key hashes, as
+its group records them (stores written before they were recorded have none: the versions that name the key
+are then how it is traced).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from maskbank.storage.layout import BANK, EVALUATION, PREDICTIONS, PSEUDO_LABELS
+from maskbank.storage.layout import (
+    BANK, EVALUATION, FEATURES, POOLED, PREDICTIONS, PROPOSALS, PSEUDO_LABELS, SETTINGS_CHECKPOINT, SETTINGS_CODE,
+)
 from maskbank.storage.store import MissingItemError, Store
 from maskbank.storage.versions import VersionInfo
 
@@ -24,6 +28,9 @@ STAGE_KEY_PARAMS = ("proposals", "features", "pooled")
 
 HIDDEN_PARAMS = ("images",)
 """Version parameters that are bookkeeping (a hash of the images covered), not settings."""
+
+STAGE_STEP = {PROPOSALS: "propose", FEATURES: "embed", POOLED: "pool"}
+"""The step of the run that computes each per-image stage (as ``maskbank run`` reports it)."""
 
 DATASET_ROLE = {PSEUDO_LABELS: "labelled images", BANK: "labelled images", PREDICTIONS: "images to label",
                 EVALUATION: "scored on"}
@@ -101,6 +108,35 @@ def computed_from(params: Mapping[str, object]) -> str | None:
     """``computed from: proposals <key>, pooled <key>``: the stage keys a version names, None if none."""
     keys = [f"{stage} {params[stage]}" for stage in STAGE_KEY_PARAMS if isinstance(params.get(stage), str)]
     return f"computed from: {', '.join(keys)}" if keys else None
+
+
+def stage_settings_lines(stage: str, settings: Mapping[str, object], details: str = "") -> list[str]:
+    """The settings a per-image stage key stands for, from what its group records: its parameters as a
+    version's read (``propose: model=mobile_sam, ...``, then ``details`` after a ``;``), the stage keys it
+    was computed from (``pool: from proposals <key>, features <key>``), then the checkpoint and code version
+    it also hashes (``computed with: checkpoint sha256 <16 hex>, code version <hex>``)."""
+    params = {k: v for k, v in settings.items() if k not in (SETTINGS_CHECKPOINT, SETTINGS_CODE)}
+    lines = settings_lines(params)
+    if details:
+        step = f"{STAGE_STEP.get(stage, stage)}: "
+        own = next((i for i, line in enumerate(lines) if line.startswith(step)), None)
+        if own is None:
+            lines.insert(0, f"{step}{details}")
+        else:
+            lines[own] += f"; {details}"
+    keys = [f"{name} {params[name]}" for name in STAGE_KEY_PARAMS if isinstance(params.get(name), str)]
+    if keys:
+        lines.append(f"{STAGE_STEP.get(stage, stage)}: from {', '.join(keys)}")
+    pins = []
+    checkpoint = settings.get(SETTINGS_CHECKPOINT)
+    if isinstance(checkpoint, str):
+        sha256 = len(checkpoint) == 64 and all(c in "0123456789abcdef" for c in checkpoint)
+        pins.append(f"checkpoint sha256 {checkpoint[:16]}" if sha256 else f"checkpoint {checkpoint}")
+    if isinstance(settings.get(SETTINGS_CODE), str):
+        pins.append(f"code version {settings[SETTINGS_CODE]}")
+    if pins:
+        lines.append(f"computed with: {', '.join(pins)}")
+    return lines
 
 
 def prototype_lines(per_class: Sequence[int], class_names: Sequence[str]) -> list[str]:

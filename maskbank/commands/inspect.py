@@ -50,7 +50,7 @@ def inspect_store(
     """Print what a store holds, as a tree: datasets, stage keys, label maps and versions.
 
     Each dataset with its image counts and class names; each per-image stage key (proposals, features,
-    pooled) with its images, what its data shows of its settings and the versions that used it; the label
+    pooled) with its images, the settings it was computed with and the versions that used it; the label
     maps and the versions with their settings, datasets and headline metric; every array with its dims,
     shape, chunks, dtype and bytes stored and in memory. With --version, the store as that version's commit
     holds it, whatever was written since.

@@ -1,7 +1,7 @@
 """A store as a printed tree: dataset manifests, the per-image stage keys (how many images have an output,
-each array's dims, shape, chunks, dtype, bytes stored and in memory), the label maps of versions, and the
-versions with their tags. Reads the Zarr metadata and the small per-image bookkeeping arrays (which
-images have an output, their valid extents), never the data arrays.
+the settings the key stands for, each array's dims, shape, chunks, dtype, bytes stored and in memory), the
+label maps of versions, and the versions with their tags. Reads the Zarr metadata and the small per-image
+bookkeeping arrays (which images have an output, their valid extents), never the data arrays.
 
 A per-image group (``<stage>/<key>``, ``labels/<version id>``) holds every image of the collection along
 an ``image`` dimension; its bookkeeping arrays (``image``, ``content_sha256``, ``offset``, ``count``,
@@ -11,13 +11,13 @@ an ``image`` dimension; its bookkeeping arrays (``image``, ``content_sha256``, `
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import zarr
 
-from maskbank.commands.describe import Datasets, listed, version_lines
+from maskbank.commands.describe import Datasets, listed, stage_settings_lines, version_lines
 from maskbank.storage import layout
 from maskbank.storage.store import Store
 from maskbank.storage.versions import VersionInfo, list_versions
@@ -168,8 +168,8 @@ def _stage(store: Store, root: zarr.Group, stage: str, versions: list[VersionInf
                   f"{human_bytes(sum(memory))} in memory"]
         note = _key_note(key, by_id, versions)
         yield f"{_INDENT}{key}/  " + ", ".join(parts) + (f"  ({note})" if note else "")
-        if stage == layout.FEATURES and len(written):
-            yield f"{_INDENT * 2}{_features_settings(group, arrays, written)}"
+        for line in _key_settings(stage, group, arrays, written):
+            yield f"{_INDENT * 2}{line}"
         extents = {name: np.asarray(group[f"{name}_shape"][...])[written] for name in padded
                    if f"{name}_shape" in group}
         for a in arrays:
@@ -195,25 +195,44 @@ def _images(group: zarr.Group, written: np.ndarray, counts: np.ndarray | None, e
         yield f"{_INDENT * 3}{key}  " + "  ".join(parts)
 
 
-def _features_settings(group: zarr.Group, arrays: Sequence[ArrayInfo], written: np.ndarray) -> str:
-    """The embed settings a features key's data shows (a stage key records no parameters of its own): the
-    long side images were resized to, whether saliency was stored, the channels and the patch size."""
-    def values(numbers: np.ndarray) -> str:
-        """``448``, or ``224..448`` where the images differ."""
-        unique = sorted({int(n) for n in numbers})
-        return str(unique[0]) if len(unique) == 1 else f"{unique[0]}..{unique[-1]}"
+def _key_settings(stage: str, group: zarr.Group, arrays: Sequence[ArrayInfo], written: np.ndarray) -> list[str]:
+    """The settings a stage key stands for, as its group records them; for a features key, also the
+    channels and patch size its data shows. A features group that records none (written before they were
+    recorded) shows the embed settings its data shows instead; other such groups show none."""
+    settings = group.attrs.get(layout.SETTINGS_ATTR)
+    details = _features_details(group, arrays, written) if stage == layout.FEATURES and len(written) else ""
+    if isinstance(settings, Mapping):
+        return stage_settings_lines(stage, settings, details)
+    if stage == layout.FEATURES and len(written):
+        return [_features_settings(group, written) + (f"; {details}" if details else "")]
+    return []
 
+
+def _values(numbers: np.ndarray) -> str:
+    """``448``, or ``224..448`` where the images differ."""
+    unique = sorted({int(n) for n in numbers})
+    return str(unique[0]) if len(unique) == 1 else f"{unique[0]}..{unique[-1]}"
+
+
+def _features_settings(group: zarr.Group, written: np.ndarray) -> str:
+    """The embed settings a features key's data shows, for a key that records none: the long side images
+    were resized to and whether saliency was stored."""
     parts = []
     if "resized_hw" in group:
-        parts.append(f"long_side={values(np.asarray(group['resized_hw'][...])[written].max(axis=1))}")
+        parts.append(f"long_side={_values(np.asarray(group['resized_hw'][...])[written].max(axis=1))}")
     parts.append(f"saliency={'true' if 'saliency' in group else 'false'}")
+    return f"embed: {', '.join(parts)} (read from its data)"
+
+
+def _features_details(group: zarr.Group, arrays: Sequence[ArrayInfo], written: np.ndarray) -> str:
+    """What a features key's data shows beyond its settings: the channels and the patch size."""
     details = []
     features = next((a for a in arrays if a.name == "features"), None)
     if features is not None and features.shape:
         details.append(f"{features.shape[-1]} channels")
     if "patch_size" in group:
-        details.append(f"{values(np.asarray(group['patch_size'][...])[written])} px patches")
-    return f"embed: {', '.join(parts)} (read from its data)" + (f"; {', '.join(details)}" if details else "")
+        details.append(f"{_values(np.asarray(group['patch_size'][...])[written])} px patches")
+    return ", ".join(details)
 
 
 def _bookkeeping(name: str, padded: set[str], element: str | None) -> bool:

