@@ -34,7 +34,7 @@ IMAGES = ["000000184324", "000000208901"]
 PK, FK, PLK = "p" * 24, "f" * 24, "q" * 24
 PERSON, CAR = 1, 3
 CHANNELS = 8
-DOCS = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "inspecting.md"
 
 
 @dataclass

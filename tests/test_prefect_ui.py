@@ -1,10 +1,11 @@
-"""The Prefect UI loop, end to end, as a user runs it: ``maskbank server up`` starts a real Prefect server,
-``maskbank server deploy`` creates the work pool and deploys from the project's ``prefect.yaml``,
-``prefect deployment run`` triggers the sample deployment on a slice of the bundled sample at light
-settings, ``prefect worker start --run-once`` runs it; the API then shows a completed run with its report
-and IoU table, headless Chromium renders the run's page and the report (its pseudo-label thumbnails too, in
-the UI and in the V1 UI), and the re-evaluation deployment reproduces the run's scores. Every process started
-here is stopped, also on failure.
+"""The Prefect UI loop, end to end, as a user runs it, with the commands docs/prefect-ui.md gives:
+``maskbank server up`` starts a real Prefect server, ``maskbank server deploy`` creates the work pool and
+deploys everything in the project's ``prefect.yaml``, ``prefect deployment run`` triggers the sample
+deployment's quick look on a slice of the bundled sample, ``prefect worker start --run-once`` runs it; the
+API then shows a completed run with its report and IoU table, headless Chromium renders the run's page and
+the report (its pseudo-label thumbnails too, in the UI and in the V1 UI), ``maskbank versions`` lists the
+run's versions, and the re-evaluation deployment reproduces the run's scores. Every process started here is
+stopped, also on failure.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ import psutil
 import pytest
 from maskbank.storage.datasets.coco import write_coco_subset
 
+from doc_commands import documented
+
 pytestmark = [pytest.mark.server, pytest.mark.real]
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["000000196610", "000000204805", "000000425988"]
 VAL = ["000000184324"]
-LIGHT = {"propose": {"points_per_side": 4}, "embed": {"long_side": 224}, "shard_size": 2}
 POOL = "maskbank-local"
 MASKBANK = "import typer; from maskbank.commands.server import register; app = typer.Typer(); register(app); app()"
 CHROMIUM_FLAGS = [
@@ -132,7 +134,8 @@ def server(tmp_path_factory):
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", TQDM_DISABLE="1")
     t0 = time.perf_counter()
     try:
-        _run(_maskbank("server", "up", "--port", str(port), "--timeout", "180"), env, timeout=240)
+        up = documented("maskbank server up")[1:]
+        _run(_maskbank(*up, "--port", str(port), "--timeout", "180"), env, timeout=240)
     except BaseException:
         state = home / "maskbank-server.json"
         if state.is_file():
@@ -140,6 +143,8 @@ def server(tmp_path_factory):
         raise
     state = json.loads((home / "maskbank-server.json").read_text())
     api_url = f"http://127.0.0.1:{port}/api"
+    # what docs/prefect-ui.md says `maskbank server up` runs
+    assert psutil.Process(state["pid"]).cmdline()[-6:] == ["server", "start", "--host", "127.0.0.1", "--port", str(port)]
     assert state["api_url"] == api_url
     assert f'PREFECT_API_URL = "{api_url}"' in (home / "profiles.toml").read_text()
     env["PREFECT_API_URL"] = api_url
@@ -161,8 +166,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def deployed(server):
     t0 = time.perf_counter()
-    out = _run(_maskbank("server", "deploy", "--name", "sample", "--name", "stored-version"), server["env"],
-               timeout=300, cwd=ROOT)
+    out = _run(_maskbank(*documented("maskbank server deploy")[1:]), server["env"], timeout=300, cwd=ROOT)
     assert f"created work pool '{POOL}'" in out
     print(f"deployed in {time.perf_counter() - t0:.1f} s")
     return server
@@ -196,15 +200,18 @@ def _artifacts(env: dict, flow_run_id) -> dict:
     return {a.key: a for a in arts}
 
 
-def _run_deployment(env: dict, deployment: str, parameters: dict) -> tuple:
-    """Trigger ``deployment`` from the CLI, run it with a one-shot worker; the flow run and its artifacts."""
+def _run_deployment(env: dict, command: list[str], parameters: dict) -> tuple:
+    """Trigger a deployment with ``command`` (a documented ``prefect deployment run``) and ``parameters`` added,
+    run it with a one-shot worker (the documented ``prefect worker start``); the flow run and its artifacts."""
+    assert command[:3] == ["prefect", "deployment", "run"], command
     name = f"ui-check-{uuid.uuid4().hex[:8]}"
-    out = _run(_prefect("deployment", "run", deployment, "--flow-run-name", name, "--params", json.dumps(parameters)),
-               env, timeout=120)
+    added = [a for k, v in parameters.items() for a in ("--param", f"{k}={json.dumps(v)}")]
+    out = _run(_prefect(*command[1:], *added, "--flow-run-name", name), env, timeout=120)
     assert f"Created flow run '{name}'" in out
     t0 = time.perf_counter()
-    log = _run(_prefect("worker", "start", "--pool", POOL, "--run-once"), env, timeout=480)
-    print(f"{deployment}: worker ran {name} in {time.perf_counter() - t0:.1f} s")
+    worker = documented("prefect worker start --pool maskbank-local")
+    log = _run(_prefect(*worker[1:], "--run-once"), env, timeout=480)
+    print(f"{command[3]}: worker ran {name} in {time.perf_counter() - t0:.1f} s")
     flow_run = _flow_run(env, name)
     assert flow_run.state.is_completed(), f"{flow_run.state}\n{log[-4000:]}"
     return flow_run, _artifacts(env, flow_run.id)
@@ -216,9 +223,13 @@ def label_run(deployed, tmp_path_factory, sample_root):
     store = tmp_path_factory.mktemp("store") / "sample.zarr"
     train = write_coco_subset(sample_root, "train2017", data, TRAIN, copy_images=True)
     val = write_coco_subset(sample_root, "val2017", data, VAL, copy_images=True)
-    parameters = {"datasets": [{"path": str(train)}], "targets": [{"path": str(val)}], "store": str(store),
-                  "params": LIGHT, "device": "cpu"}
-    flow_run, artifacts = _run_deployment(deployed["env"], "maskbank-label/sample", parameters)
+    quick_look = documented(
+        "prefect deployment run 'maskbank-label/sample' --param store=runs/sample-light-store "
+        """--param params='{"propose": {"points_per_side": 4}, "embed": {"long_side": 224}}'""",
+        replace={"runs/sample-light-store": str(store)})
+    # a slice of the sample, so that the run is quick
+    parameters = {"datasets": [{"path": str(train)}], "targets": [{"path": str(val)}], "device": "cpu"}
+    flow_run, artifacts = _run_deployment(deployed["env"], quick_look, parameters)
     return {"flow_run": flow_run, "artifacts": artifacts, "store": store, "train": train, **deployed}
 
 
@@ -226,10 +237,13 @@ def test_deployments_have_documented_forms(deployed):
     with _client(deployed["env"]) as client:
         label = client.read_deployment_by_name("maskbank-label/sample")
         again = client.read_deployment_by_name("maskbank-reevaluate/stored-version")
+        export = client.read_deployment_by_name("maskbank-export/newest-pseudo-labels")  # deploy --all
     assert label.work_pool_name == POOL and again.work_pool_name == POOL
     for d in (label, again):  # the worker runs the flows from the checkout `prefect deploy` ran in
         assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
     assert label.parameters["datasets"] == [{"path": "maskbank/sample/coco", "split": "train2017"}]
+    assert label.parameters["store"] == "runs/sample-store"  # as docs/prefect-ui.md says
+    assert export.work_pool_name == POOL
     assert [(s.schedule.cron, s.active) for s in label.schedules] == [("0 2 * * *", False)]
     schema = label.parameter_openapi_schema
     assert schema["required"] == ["datasets", "store"]
@@ -295,12 +309,46 @@ def test_ui_renders_the_run_and_its_report(label_run, tmp_path):
     print(f"UI pages rendered in {time.perf_counter() - t0:.1f} s; screenshot {shot}")
 
 
+def _versions(store: Path) -> dict:
+    from maskbank.storage.store import Store
+    from maskbank.storage.versions import list_versions
+
+    return {v.kind: v.id for v in list_versions(Store.open(str(store), create=False)) if v.kind != "evaluation"}
+
+
+def test_versions_lists_the_run_s_versions(label_run):
+    from typer.testing import CliRunner
+
+    from maskbank.cli import app
+
+    versions = _versions(label_run["store"])
+    store = {"runs/sample-store": str(label_run["store"])}
+    listed = CliRunner().invoke(app, documented("maskbank versions runs/sample-store", replace=store)[1:])
+    assert listed.exit_code == 0, listed.output
+    for kind in ("pseudo_labels", "bank", "predictions"):
+        assert versions[kind] in listed.output, kind
+    as_json = CliRunner().invoke(app, documented("maskbank versions runs/sample-store --kind predictions --json",
+                                                 replace=store)[1:])
+    assert as_json.exit_code == 0, as_json.output
+    assert [v["id"] for v in json.loads(as_json.output)] == [versions["predictions"]]
+
+
 def test_reevaluation_deployment_reproduces_the_scores(label_run):
-    report = label_run["artifacts"]["maskbank-report"].data
-    version = re.search(r"\| pseudo-labels \| `([0-9a-f]{16})` \|", report).group(1)
-    parameters = {"store": str(label_run["store"]), "version": version, "datasets": [{"path": str(label_run["train"])}]}
-    _, arts = _run_deployment(label_run["env"], "maskbank-reevaluate/stored-version", parameters)
-    assert f"Version `{version}` (pseudo_labels)" in arts["maskbank-evaluation"].data
-    first = {r["class"]: r["pseudo-labels"] for r in json.loads(label_run["artifacts"]["maskbank-class-iou"].data)}
-    again = {r["class"]: r["pseudo_labels"] for r in json.loads(arts["maskbank-class-iou"].data)}
-    assert again == {c: v for c, v in first.items() if v is not None}
+    """Both documented re-scorings, of the pseudo-labels on the deployment's default datasets (the sample's
+    train2017, whose images the run's slice copied) and of the predictions on the sample's val2017."""
+    versions = _versions(label_run["store"])
+    first = json.loads(label_run["artifacts"]["maskbank-class-iou"].data)
+    for kind, column, command in (
+        ("pseudo-labels", "pseudo_labels",
+         "prefect deployment run 'maskbank-reevaluate/stored-version' --param version=<pseudo_labels version id>"),
+        ("predictions", "predictions",
+         "prefect deployment run 'maskbank-reevaluate/stored-version' --param version=<predictions version id> "
+         """--param datasets='[{"path": "maskbank/sample/coco", "split": "val2017"}]'"""),
+    ):
+        version = versions[column]
+        argv = documented(command, replace={f"<{column} version id>": version})
+        _, arts = _run_deployment(label_run["env"], argv, {"store": str(label_run["store"])})
+        assert f"Version `{version}` ({column})" in arts["maskbank-evaluation"].data
+        scored = {r["class"]: r["pseudo-labels" if kind == "pseudo-labels" else "retrieval"] for r in first}
+        again = {r["class"]: r[column] for r in json.loads(arts["maskbank-class-iou"].data)}
+        assert again == {c: v for c, v in scored.items() if v is not None}, kind

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from doc_commands import documented
+
 pytestmark = [pytest.mark.real]
 
 PHOTOS = ["000000196610.jpg", "000000204805.jpg", "000000425988.jpg", "000000278528.jpg"]
@@ -52,14 +54,14 @@ def test_readme_folder_to_voc(prefect_harness, sample_root, tmp_path, monkeypatc
     (photos / "labels.csv").write_text("image,labels\n" + rows)
     assert any(len(v) > 1 for v in truth.values()) and any(" " in n for v in truth.values() for n in v)
 
-    checked = _cli("check", "photos/labels.csv")
+    checked = _cli(*documented("maskbank check photos/labels.csv")[1:])
     assert checked.exit_code == 0 and f"{len(PHOTOS)} images, {len(PHOTOS)} labelled" in checked.output, checked.output
     speed = tmp_path / "speed.json"
     speed.write_text(json.dumps({"embed": {"long_side": 224}, "shard_size": 2}))
-    ran = _cli("run", "--store", "photos-store", "--labelled", "photos/labels.csv",
+    ran = _cli(*documented("maskbank run --store photos-store --labelled photos/labels.csv")[1:],
                "--points-per-side", 4, "--params", speed, "--device", "cpu")
     assert ran.exit_code == 0, ran.output
-    exported = _cli("export", "photos-store", "--format", "voc", "--out", "voc/")
+    exported = _cli(*documented("maskbank export photos-store --format voc --out voc/")[1:])
     assert exported.exit_code == 0, exported.output
 
     voc = tmp_path / "voc"
