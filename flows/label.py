@@ -30,7 +30,7 @@ from maskbank.flows.stages.common import (
 from maskbank.flows.stages.embed import embed_shard, features_key
 from maskbank.flows.stages.evaluate import evaluate
 from maskbank.flows.stages.ingest import DatasetInput, combine, ingest
-from maskbank.flows.stages.labels import coverage_of
+from maskbank.flows.stages.labels import coverage_of, evidence_of
 from maskbank.flows.stages.pool import pool_shard, pooled_key
 from maskbank.flows.stages.propose import propose_shard, proposals_key
 from maskbank.flows.stages.retrieve import retrieve
@@ -53,6 +53,9 @@ class RunSummary(BaseModel):
         "background, images missing a label, classes never painted (tasks.coverage's summary).")
     prediction_coverage: dict | None = Field(
         None, description="The same for the predictions, over the targets that have image labels.")
+    pseudo_label_evidence: dict | None = Field(
+        None, description="What the image labels gave seeding to go on: classes in too few labelled images, "
+        "classes in every one (tasks.collection.label_evidence).")
     computed: dict[str, int] = {}
     skipped: list[tuple[str, str]] = []
     images: dict[str, int] = Field({}, description="Labelled, target and distinct images of the run.")
@@ -164,6 +167,7 @@ def label_images(
         pseudo_label_metrics=pseudo_eval.metrics if pseudo_eval else None,
         prediction_metrics=pred_eval.metrics if pred_eval else None,
         pseudo_label_coverage=coverage_of(pseudo), prediction_coverage=coverage_of(predictions) if predictions else None,
+        pseudo_label_evidence=evidence_of(pseudo),
         computed={"propose": sum(len(r.computed) for r in proposals), "embed": sum(len(r.computed) for r in features),
                   "pool": sum(len(r.computed) for r in pooled)},
         skipped=[(k, why) for k, why in skipped] + [s for c in collections for s in c.skipped]

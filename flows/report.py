@@ -122,10 +122,34 @@ def coverage_warnings(output: str, coverage: Mapping | None, shown: int = SHOWN_
     return lines
 
 
+def evidence_warnings(evidence: Mapping | None, shown: int = SHOWN_NAMES) -> list[str]:
+    """One line per class group whose image labels give seeding too little to go on
+    (:func:`maskbank.tasks.collection.label_evidence`): classes in too few labelled images, with how many more
+    would help, and classes in every labelled image; empty when there are none."""
+    if not evidence:
+        return []
+    lines = []
+    thin, below, enough = evidence["thin"], evidence["thin_below"], evidence["enough"]
+    if thin:
+        classes = [f"{c['class']} ({_count(c['images'], 'image', 'images')}: label {below - c['images']} more)"
+                   for c in thin]
+        lines.append(f"pseudo-labels: {_count(len(thin), 'class is', 'classes are')} in fewer than {below} labelled "
+                     f"images, too few for reliable seeds: {named(classes, shown=shown)}; seeds improve up to about "
+                     f"{enough} labelled images per class")
+    everywhere = evidence["everywhere"]
+    if everywhere:
+        lines.append(f"pseudo-labels: {named(everywhere, shown=shown)} {'is' if len(everywhere) == 1 else 'are'} in "
+                     "every labelled image, so no image shows what they are not: their seeds rest on the labels "
+                     "alone and may be poor; labelled images without them would help")
+    return lines
+
+
 def summary_warnings(summary: RunSummary, shown: int = SHOWN_NAMES) -> list[str]:
     """One line per thing that looks wrong in a run's label maps against the image labels (pseudo-labels,
-    then predictions), each naming at most ``shown`` images or classes; empty when nothing does."""
-    return (coverage_warnings("pseudo-labels", summary.pseudo_label_coverage, shown)
+    then predictions), after what the image labels gave seeding too little of; each names at most ``shown``
+    images or classes; empty when nothing does."""
+    return (evidence_warnings(summary.pseudo_label_evidence, shown)
+            + coverage_warnings("pseudo-labels", summary.pseudo_label_coverage, shown)
             + coverage_warnings("predictions", summary.prediction_coverage, shown))
 
 
@@ -249,7 +273,8 @@ def run_report(
 
 def _checks(summary: RunSummary, store: str) -> str:
     """The run report's "Check these" section, with the gallery commands of the versions it warns about."""
-    pseudo = coverage_warnings("pseudo-labels", summary.pseudo_label_coverage)
+    pseudo = (evidence_warnings(summary.pseudo_label_evidence)
+              + coverage_warnings("pseudo-labels", summary.pseudo_label_coverage))
     predicted = coverage_warnings("predictions", summary.prediction_coverage)
     galleries = [gallery_command(store, v) for v, w in ((summary.pseudo_labels, pseudo), (summary.predictions, predicted))
                  if w and v]

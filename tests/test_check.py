@@ -46,7 +46,7 @@ def test_check_reads_the_datasets_and_flags_what_looks_wrong(photos, tmp_path, m
     text = out.output
     assert "labelled: " in text and "4 images, 3 labelled, 1 unlabelled, 0 with pixel truth, 0 skipped" in text
     assert re.search(r"^  sky +3$", text, re.M) and re.search(r"^  person +2$", text, re.M)
-    assert re.search(r"^warning: thin classes.*: dog, persno, person$", text, re.M)
+    assert re.search(r"^warning: thin classes, in fewer than 4 labelled images.*: dog, persno, person, sky$", text, re.M)
     assert "warning: classes in every labelled image" in text and ": sky" in text
     assert "class 'persno' (1 image) looks like 'person' (2 images); if it is a typo: --rename 'persno=person'" in text
     assert "propose: model=mobile_sam" in text and "shard_size: 8" in text

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from maskbank.flows.refs import VersionRef
-from maskbank.flows.stages.labels import COVERAGE, LabelVersionWriter, coverage_of, label_version_ref
+from maskbank.flows.stages.labels import COVERAGE, EVIDENCE, LabelVersionWriter, coverage_of, label_version_ref
 from maskbank.storage.store import Store
 from maskbank.storage.versions import get_version, version_id
 from maskbank.tasks import rle
@@ -139,6 +139,34 @@ def test_a_writer_without_class_names_or_image_labels_counts_nothing(tmp_path):
         "labels_missing": {"count": 0, "images": []}, "classes_never_painted": []}
 
 
+def test_label_evidence_names_thin_classes_and_classes_in_every_image():
+    from maskbank.tasks.collection import ENOUGH_CLASS_IMAGES, THIN_CLASS_IMAGES, label_evidence
+
+    labels = np.zeros((6, 4), bool)
+    labels[:5, CAT] = True  # in every labelled image
+    labels[:2, DOG] = True  # thin
+    labels[1:5, FLOWER] = True  # exactly the threshold: not thin
+    # image 5 has no labels and counts for nothing
+    assert THIN_CLASS_IMAGES == 4
+    assert label_evidence(labels, NAMES) == {
+        "labelled_images": 5, "thin": [{"class": "dog", "images": 2}], "everywhere": ["cat"],
+        "thin_below": THIN_CLASS_IMAGES, "enough": ENOUGH_CLASS_IMAGES}
+    assert label_evidence(np.zeros((0, 4), bool), NAMES)["thin"] == []
+
+
+def test_evidence_warnings_say_how_many_more_images_would_help():
+    from maskbank.flows.report import evidence_warnings
+
+    evidence = {"labelled_images": 9, "thin": [{"class": f"c{k}", "images": 1 + k % 3} for k in range(7)],
+                "everywhere": ["sky", "road"], "thin_below": 4, "enough": 9}
+    thin, everywhere = evidence_warnings(evidence, shown=2)
+    assert thin == ("pseudo-labels: 7 classes are in fewer than 4 labelled images, too few for reliable seeds: "
+                    "c0 (1 image: label 3 more), c1 (2 images: label 2 more) and 5 more; seeds improve up to about 9 "
+                    "labelled images per class")
+    assert everywhere.startswith("pseudo-labels: sky, road are in every labelled image")
+    assert evidence_warnings(None) == [] and evidence_warnings({**evidence, "thin": [], "everywhere": []}) == []
+
+
 # ----- through the main flow ------------------------------------------------------------------------------
 
 FOLDER_LABELS = {"a.png": "cow", "b.png": "cow", "c.png": "cow", "d.png": "flower"}
@@ -211,12 +239,19 @@ def test_the_run_says_which_maps_are_all_background(field_runs):
     assert {"class": "flower", "images": 1} in coverage["classes_never_painted"]
     st = Store.open(str(store), create=False)
     assert get_version(st, summary.pseudo_labels).metrics[COVERAGE] == coverage
+    evidence = summary.pseudo_label_evidence  # cow in 3 labelled images, flower in 1: both below 4
+    assert evidence["thin"] == [{"class": "cow", "images": 3}, {"class": "flower", "images": 1}]
+    assert evidence["everywhere"] == [] and get_version(st, summary.pseudo_labels).metrics[EVIDENCE] == evidence
     warnings = summary_warnings(summary)
+    assert warnings[0] == ("pseudo-labels: 2 classes are in fewer than 4 labelled images, too few for reliable seeds: "
+                           "cow (3 images: label 1 more), flower (1 image: label 3 more); seeds improve up to about 9 "
+                           "labelled images per class")
     assert any(w.startswith("pseudo-labels: ") and "all background" in w and "d.png" in w for w in warnings)
     assert any("got no pixel in any image labelled with" in w and "flower (labels 1 image)" in w for w in warnings)
     assert [m for m in logs if m.startswith("looks wrong: ")] == [f"looks wrong: {w}" for w in warnings]
     report = artifacts[REPORT_KEY]
     assert "## Check these" in report and "d.png" in report.split("## Datasets")[0]
+    assert "cow (3 images: label 1 more)" in report.split("## Datasets")[0]
 
 
 @pytest.mark.real
@@ -248,6 +283,7 @@ def test_a_cached_rerun_says_the_same(field_runs):
     assert again.pseudo_labels == first.pseudo_labels and again.bank == first.bank
     assert sum(again.computed.values()) == 0  # every per-image stage served from the store
     assert again.pseudo_label_coverage == first.pseudo_label_coverage
+    assert again.pseudo_label_evidence == first.pseudo_label_evidence
     assert summary_warnings(again) == summary_warnings(first) != []
     assert [m for m in logs if m.startswith("looks wrong: ")] == [f"looks wrong: {w}" for w in summary_warnings(again)]
     check = lambda text: text.split("## Check these")[1].split("## Datasets")[0]

@@ -19,6 +19,9 @@ NEUTRAL_SALIENCY = 0.5
 """Saliency of proposals whose features have no saliency head (no prior either way)."""
 COVERAGE = "coverage"
 """Key of a label version's metrics holding its looks-wrong counts (:meth:`CoverageTally.summary`)."""
+EVIDENCE = "evidence"
+"""Key of a pseudo-label version's metrics holding what its image labels gave seeding to go on
+(:func:`maskbank.tasks.collection.label_evidence`)."""
 
 
 def pooled_reader(st: Store, pooled_key: str, keys: Sequence[str]):
@@ -50,6 +53,11 @@ def blocks(n: int, size: int) -> list[range]:
 def coverage_of(ref: VersionRef) -> dict | None:
     """A label version's looks-wrong counts, as its reference carries them (None for a version without)."""
     return (ref.metrics or {}).get(COVERAGE)
+
+
+def evidence_of(ref: VersionRef) -> dict | None:
+    """What a pseudo-label version's image labels gave seeding, as its reference carries it (None without)."""
+    return (ref.metrics or {}).get(EVIDENCE)
 
 
 def label_version_ref(st: Store, store: str, kind: str, version_id: str) -> VersionRef:
@@ -87,8 +95,9 @@ class LabelVersionWriter:
         self.labels.append(np.asarray(labels, np.int32))
         self.scores.append(np.asarray(scores, np.float32))
 
-    def publish(self, params: Mapping, parents: Sequence[str], datasets: Sequence[str], code_version: str) -> str:
-        """Publish the version; returns its id."""
+    def publish(self, params: Mapping, parents: Sequence[str], datasets: Sequence[str], code_version: str,
+                metrics: Mapping | None = None) -> str:
+        """Publish the version, with ``metrics`` beside its looks-wrong counts; returns its id."""
         self.maps.flush()
         cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)
         arrays = {"image_key": np.array(self.keys),
@@ -97,6 +106,6 @@ class LabelVersionWriter:
         dims = {"image_key": ("image",), "proposal_image": ("proposal",), "proposal_label": ("proposal",),
                 "proposal_score": ("proposal",)}
         info = publish_version(self.st, self.kind, params, parents, datasets, code_version=code_version,
-                               arrays=arrays, dims=dims, metrics={COVERAGE: self.coverage.summary()})
+                               arrays=arrays, dims=dims, metrics={**(metrics or {}), COVERAGE: self.coverage.summary()})
         assert info.id == self.version_id
         return info.id

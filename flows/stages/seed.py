@@ -4,24 +4,24 @@ proposals and features alone. Published as a ``pseudo_labels`` version."""
 from __future__ import annotations
 
 import numpy as np
-from prefect import get_run_logger
 
 from maskbank.flows.keys import code_version, digest
 from maskbank.flows.params import SeedParams
 from maskbank.flows.progress import StageProgress
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.common import cached_task
-from maskbank.flows.stages.labels import LabelVersionWriter, key_order, label_version_ref, pooled_reader
+from maskbank.flows.stages.labels import EVIDENCE, LabelVersionWriter, key_order, label_version_ref, pooled_reader
 from maskbank.storage.layout import POOLED, PSEUDO_LABELS
 from maskbank.storage.store import Store
 from maskbank.storage.versions import version_exists, version_id
 from maskbank.tasks.classes import multi_hot
+from maskbank.tasks.collection import label_evidence
 from maskbank.tasks.models.device import resolve_device
-from maskbank.tasks.seed import seed_images, uncontrasted_classes
+from maskbank.tasks.seed import seed_images
 
 KIND = PSEUDO_LABELS
-MODULES = ("maskbank.tasks.seed", "maskbank.tasks.paint", "maskbank.tasks.coverage", "maskbank.flows.stages.labels",
-           __name__)
+MODULES = ("maskbank.tasks.seed", "maskbank.tasks.paint", "maskbank.tasks.coverage", "maskbank.tasks.collection",
+           "maskbank.flows.stages.labels", __name__)
 
 
 @cached_task("seed", MODULES)
@@ -45,11 +45,7 @@ def seed_collection(
 
     num_classes = len(collection.class_names)
     image_labels = multi_hot([collection.labels[i] for i in rows], num_classes)
-    everywhere = [collection.class_names[c] for c in uncontrasted_classes(image_labels)]
-    if everywhere:
-        get_run_logger().warning(
-            "seed: %s are in every labelled image, so no image shows what they are not: their seeds rest on "
-            "label claims alone and may be poor; images without them, or another cue, would help", ", ".join(everywhere))
+    evidence = label_evidence(image_labels, collection.class_names)
     counts = st.element_counts(POOLED, pooled_key, keys)
     with StageProgress("seed", int(counts.sum()) * (1 + params.rounds), unit="proposal",
                        what="proposals scored, all rounds") as progress:
@@ -64,5 +60,5 @@ def seed_collection(
     for j, i in enumerate(rows):
         sel = slice(offsets[j], offsets[j + 1])
         out.add(keys[j], collection.image_ids[i], result.labels[sel], result.scores[sel], collection.labels[i])
-    out.publish(vparams, (), collection.fingerprints, code)
+    out.publish(vparams, (), collection.fingerprints, code, metrics={EVIDENCE: evidence})
     return label_version_ref(st, store, KIND, vid)

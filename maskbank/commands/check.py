@@ -62,7 +62,7 @@ def _dataset_lines(role: str, d: DatasetInput, ds: Dataset) -> list[str]:
 
 def _class_lines(datasets: Sequence[Dataset]) -> list[str]:
     from maskbank.tasks.collection import (
-        THIN_CLASS_IMAGES, class_image_counts, close_names, everywhere_classes, thin_classes,
+        ENOUGH_CLASS_IMAGES, THIN_CLASS_IMAGES, class_image_counts, close_names, everywhere_classes, thin_classes,
     )
 
     names = datasets[0].class_names
@@ -74,8 +74,8 @@ def _class_lines(datasets: Sequence[Dataset]) -> list[str]:
     lines += [f"  {names[k]:<24} {counts[k]}" for k in order]
     thin = thin_classes(counts)
     if thin:
-        lines.append(f"warning: thin classes, in fewer than {THIN_CLASS_IMAGES} labelled images (little to learn "
-                     f"them from): {_listed([names[k] for k in thin])}")
+        lines.append(f"warning: thin classes, in fewer than {THIN_CLASS_IMAGES} labelled images (too few for reliable "
+                     f"seeds; they improve up to about {ENOUGH_CLASS_IMAGES}): {_listed([names[k] for k in thin])}")
     unused = [names[k] for k in order if counts[k] == 0]
     if unused:
         lines.append(f"note: classes no labelled image has (they get no seeds): {_listed(unused)}")
