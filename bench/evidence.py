@@ -38,14 +38,15 @@ FRACTIONS = (0.08, 0.12, 0.17, 0.25, 0.35, 0.5, 0.7)
 BINS = ((1, 1), (2, 3), (4, 5), (6, 8), (9, 12), (13, 20), (21, 40), (41, 10**9))
 
 
-def _keys(args, params: RunParams) -> tuple[str, str, set[str]]:
-    """The proposals and pooled keys to read, and the images the flow skipped."""
-    if args.proposals and args.pooled:
-        return args.proposals, args.pooled, set()
+def stored_keys(store: Path, data: Path, proposals: str | None, pooled: str | None, params: RunParams,
+                device: str) -> tuple[str, str, set[str]]:
+    """The proposals and pooled keys to read (``proposals`` and ``pooled`` when given, else those of a run of
+    the flow on ``data``), and the images the flow skipped."""
+    if proposals and pooled:
+        return proposals, pooled, set()
     from maskbank.flows.label import label_images
 
-    run = label_images(datasets=[DatasetInput(path=str(args.data))], store=str(args.store), params=params,
-                       device=args.device)
+    run = label_images(datasets=[DatasetInput(path=str(data))], store=str(store), params=params, device=device)
     pk = proposals_key(params.propose)
     return pk, pooled_key(pk, features_key(params.embed)), {k for k, _ in run.skipped}
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     origin = provenance("bench/evidence.py", argv)
     params = RunParams()
-    pk, plk, skipped = _keys(args, params)
+    pk, plk, skipped = stored_keys(args.store, args.data, args.proposals, args.pooled, params, args.device)
     split = load_split(Store.open(str(args.store), create=False), DatasetInput(path=str(args.data)), pk, plk, skipped)
     images, names = split.images, split.ref.class_names
     background, device = split.ref.has_background, resolve_device(args.device)

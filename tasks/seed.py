@@ -81,10 +81,13 @@ class SeedConfig:
 
 @dataclass
 class SeedResult:
-    """Per-proposal seed labels (0 = background) and the score of the chosen label."""
+    """Per-proposal seed labels (0 = background), the score of the chosen label, and its confidence: its
+    probability under a softmax of the proposal's scores over the classes it may take (its image's labels,
+    and background where allowed); 1 where it may take one class only."""
 
     labels: np.ndarray  # int32 [P]
     scores: np.ndarray  # float32 [P]
+    confidence: np.ndarray  # float32 [P]
 
 
 class ProposalReader(Protocol):
@@ -201,6 +204,13 @@ def _claim_each_label(scores: np.ndarray, labels: np.ndarray, image_index: np.nd
     return labels
 
 
+def _confidence(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``[q]`` softmax probability of ``labels`` among each row of ``[q, K]`` ``scores`` (-inf: not allowed)."""
+    z = scores - scores.max(1, keepdims=True)
+    p = np.exp(z)
+    return (p[np.arange(len(p)), labels] / p.sum(1)).astype(np.float32)
+
+
 def _assign(scores: np.ndarray, image_index: np.ndarray, image_labels: np.ndarray, claim: bool) -> np.ndarray:
     labels = scores.argmax(1)
     return _claim_each_label(scores, labels, image_index, image_labels) if claim else labels
@@ -293,7 +303,7 @@ def seed_images(
     image_labels = np.asarray(image_labels).astype(bool)
     total = int(counts.sum())
     if total == 0:
-        return SeedResult(np.zeros(0, np.int32), np.zeros(0, np.float32))
+        return SeedResult(np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.float32))
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     ref_images, pos_images = evidence_images(image_labels, counts, config.evidence_per_class,
                                              config.reference_images, priority)
@@ -312,6 +322,7 @@ def seed_images(
 
     labels = np.zeros(total, np.int64)
     chosen = np.zeros(total, np.float32)
+    confidence = np.zeros(total, np.float32)
     base_values = []  # the base scores of each block's allowed (proposal, class) pairs, row-major
     for a, b in blocks:
         q, sal, owner, allowed = block_inputs(a, b, use_sal)
@@ -325,6 +336,7 @@ def seed_images(
         lo, hi = offsets[a], offsets[b]
         labels[lo:hi] = _assign(base, owner, image_labels, config.claim_labels)
         chosen[lo:hi] = base[np.arange(len(base)), labels[lo:hi]]
+        confidence[lo:hi] = _confidence(base, labels[lo:hi])
         if progress:
             progress(int(hi - lo))
 
@@ -342,10 +354,11 @@ def seed_images(
             lo, hi = offsets[a], offsets[b]
             new[lo:hi] = _assign(final, owner, image_labels, config.claim_labels)
             chosen[lo:hi] = final[np.arange(len(final)), new[lo:hi]]
+            confidence[lo:hi] = _confidence(final, new[lo:hi])
             if progress:
                 progress(int(hi - lo))
         labels = new
-    return SeedResult(labels.astype(np.int32), chosen)
+    return SeedResult(labels.astype(np.int32), chosen, confidence)
 
 
 def seed_proposals(
@@ -378,6 +391,7 @@ def seed_proposals(
         return feats[rows], (sal[rows] if with_saliency and sal is not None else None)
 
     result = seed_images(read, counts, image_labels, saliency=sal is not None, config=config, device=device)
-    labels, scores = np.empty_like(result.labels), np.empty_like(result.scores)
-    labels[order], scores[order] = result.labels, result.scores
-    return SeedResult(labels, scores)
+    labels, scores, confidence = (np.empty_like(result.labels), np.empty_like(result.scores),
+                                  np.empty_like(result.confidence))
+    labels[order], scores[order], confidence[order] = result.labels, result.scores, result.confidence
+    return SeedResult(labels, scores, confidence)

@@ -16,6 +16,7 @@ class SeedResult:
 
     labels: np.ndarray  # int32 [P]
     scores: np.ndarray  # float32 [P, K]; -inf where a class is not allowed
+    confidence: np.ndarray  # float32 [P]: the chosen label's softmax probability over the scores
 
 
 def _allowed(image_index: np.ndarray, image_labels: np.ndarray) -> np.ndarray:
@@ -113,7 +114,7 @@ def seed_proposals(
     image_labels = np.asarray(image_labels).astype(bool)
     n_img, n_cls = image_labels.shape
     if len(features) == 0:
-        return SeedResult(np.zeros(0, np.int32), np.zeros((0, n_cls), np.float32))
+        return SeedResult(np.zeros(0, np.int32), np.zeros((0, n_cls), np.float32), np.zeros(0, np.float32))
     allowed = _allowed(image_index, image_labels)
 
     best = best_match_per_image(features, image_index, n_img, device=device)
@@ -134,4 +135,5 @@ def seed_proposals(
         final = base + config.refine_weight * np.nan_to_num(rel, nan=0.0)
         final = np.where(allowed, final, -np.inf).astype(np.float32)
         labels = _assign(final, image_index, image_labels, config.claim_labels)
-    return SeedResult(labels.astype(np.int32), final)
+    probability = torch.softmax(torch.as_tensor(final, dtype=torch.float64), dim=1).numpy()
+    return SeedResult(labels.astype(np.int32), final, probability[np.arange(len(labels)), labels].astype(np.float32))

@@ -273,6 +273,11 @@ def test_the_counts_match_the_stored_maps(field_runs, fields):
         tally.add(record.image_id, painted, record.labels)
     assert tally.summary() == summary.pseudo_label_coverage
     assert not st.read_label_map(summary.pseudo_labels, keys["d.png"]).any()
+    from maskbank.storage.versions import read_version
+
+    score = read_version(st, summary.pseudo_labels).arrays["proposal_score"]  # each label's probability
+    assert len(score) and ((score > 0) & (score <= 1)).all()
+    assert (score < 1).any()  # background or the label: not certain
 
 
 @pytest.mark.real

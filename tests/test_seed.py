@@ -152,6 +152,8 @@ def test_streamed_seeding_equals_the_dense_reference_below_the_cap(change, seed)
         np.testing.assert_array_equal(got.labels, want.labels)
         chosen = np.take_along_axis(want.scores, want.labels[:, None].astype(np.int64), 1)[:, 0]
         np.testing.assert_allclose(got.scores, chosen, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got.confidence, want.confidence, rtol=0, atol=1e-5)
+        assert ((got.confidence > 0) & (got.confidence <= 1)).all()
 
 
 def test_evidence_groups_are_capped_in_priority_order():

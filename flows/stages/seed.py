@@ -59,6 +59,6 @@ def seed_collection(
     offsets = np.concatenate([[0], np.cumsum(counts)])
     for j, i in enumerate(rows):
         sel = slice(offsets[j], offsets[j + 1])
-        out.add(keys[j], collection.image_ids[i], result.labels[sel], result.scores[sel], collection.labels[i])
+        out.add(keys[j], collection.image_ids[i], result.labels[sel], result.confidence[sel], collection.labels[i])
     out.publish(vparams, (), collection.fingerprints, code, metrics={EVIDENCE: evidence})
     return label_version_ref(st, store, KIND, vid)
