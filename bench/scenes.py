@@ -1,21 +1,25 @@
-"""Pseudo-labels of scene collections whose class list has no background, next to their proposal oracle, with
-and without the no-background mode.
+"""The main job on any dataset with pixel truth (a mask folder, VOC, COCO): the pseudo-labels next to their
+proposal oracle, per class too.
 
     python bench/scenes.py --data ../shared/data/msrc21-dev ../shared/data/camvid-train --store runs/scene-store --out bench/results/scenes.json
 
-Each dataset is an ``images/`` + ``masks/`` folder with a class list and no background class (MSRC-21, CamVid):
-every pixel is one of the image's labels. The main flow pseudo-labels it with the default models and
-parameters (the no-background mode follows from the class list), then, on the same proposals and features:
+The main flow pseudo-labels each dataset with the default models and parameters (a class list without a
+background class, as MSRC-21's or CamVid's, seeds in the no-background mode: every pixel is one of the image's
+labels), then, on the same proposals and features:
 
   pseudo_labels            the flow's pseudo-labels, scored from its stored label maps
-  seeds_with_background    seeding again with background allowed, as for a class list that has one
+  seeds_with_background    (classes without background only) seeding again with background allowed
   oracle                   each proposal takes its majority truth class
-  oracle_restricted        each proposal takes the majority among its image's labels: the pseudo-labels' ceiling
+  oracle_restricted        each proposal takes the majority among its image's labels (and background where the
+                           classes have one): the pseudo-labels' ceiling
 
-mIoU over the dataset's classes (background, an unused placeholder here, is left out of the mean; a pixel left
-unlabelled counts against its true class), pixel accuracy, proposals per image and the share of counted
-pixels inside a proposal. ``checks``: seeding again in-process in the no-background mode reproduces the flow's
-pseudo-labels, and scoring them per proposal reproduces the flow's evaluation.
+``--proposals KEY --pooled KEY`` reads proposals and features a store already holds instead of running the
+flow; the pseudo_labels row is then seeding in-process as the seed stage does (which the checks of a run with
+the flow show to reproduce it). mIoU (without a background class, the unused placeholder 0 is left out of the
+means; a pixel left unlabelled counts against its true class), pixel accuracy, mean class accuracy (per-class
+recall, the metric of the classic MSRC-21 papers), per-class IoU, proposals per image and the share of counted
+pixels inside a proposal. ``checks``: seeding again in-process reproduces the flow's pseudo-labels, and
+scoring them per proposal reproduces the flow's evaluation.
 """
 
 from __future__ import annotations
@@ -45,52 +49,58 @@ from maskbank.tasks.models.device import resolve_device  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = [REPO.parent / "shared" / "data" / n for n in ("msrc21-dev", "camvid-train")]
 TOLERANCE = 1e-9
-ROWS = ("pseudo_labels", "seeds_with_background", "oracle", "oracle_restricted")
 
 
-def scores(images: Sequence[Image], labels: Sequence[np.ndarray], class_names: list[str]) -> dict:
-    """mIoU without the background placeholder, pixel accuracy, classes present, of the proposals' labels."""
+def scores(images: Sequence[Image], labels: Sequence[np.ndarray], class_names: list[str], background: bool = False) -> dict:
+    """mIoU (without the background placeholder unless ``background``), pixel accuracy, mean class accuracy,
+    classes present and per-class IoU of the proposals' labels."""
     cm = ConfusionMatrix(len(class_names))
     cm.matrix = proposal_confusion([im.proposals for im in images], labels, len(class_names))
-    s = summarise(cm, class_names, background=False)
+    s = summarise(cm, class_names, background=background)
     return {"images": len(images), "miou": s["miou"], "pixel_accuracy": s["pixel_accuracy"],
-            "classes_present": s["classes_present"], "iou": s["iou"]}
+            "mean_class_accuracy": s["mean_class_accuracy"], "classes_present": s["classes_present"], "iou": s["iou"]}
 
 
-def scene_rows(store: Path, data: Path, params: RunParams, device: str) -> dict:
-    """The flow's pseudo-labels of ``data`` and the in-process rows on its proposals and features."""
-    from maskbank.flows.label import label_images
-
+def scene_rows(store: Path, data: Path, params: RunParams, device: str, keys: tuple[str, str] | None = None) -> dict:
+    """The pseudo-labels of ``data`` (the flow's, or seeded in-process on stored ``keys``: proposals, pooled)
+    and the in-process rows on its proposals and features."""
     dataset = DatasetInput(path=str(data))
-    run = label_images(datasets=[dataset], store=str(store), params=params, device=device)
+    if keys is None:
+        from maskbank.flows.label import label_images
+
+        run = label_images(datasets=[dataset], store=str(store), params=params, device=device)
+        pk = proposals_key(params.propose)
+        keys, skipped = (pk, pooled_key(pk, features_key(params.embed))), {k for k, _ in run.skipped}
+    else:
+        run, skipped = None, set()
     st = Store.open(store, create=False)
-    pk, fk = proposals_key(params.propose), features_key(params.embed)
-    split = load_split(st, dataset, pk, pooled_key(pk, fk), {k for k, _ in run.skipped})
-    if split.ref.has_background:
-        raise ValueError(f"{data}: its class list has a background class; this benchmark is for scenes without one")
-    images, names, dev = split.images, split.ref.class_names, resolve_device(device)
-    flow_labels = version_proposal_labels(st, run.pseudo_labels, images)
-    replicated = seed_labels(images, len(names), params.seed, dev, background=False)
-    rows = {
-        "pseudo_labels": scores(images, flow_labels, names),
-        "seeds_with_background": scores(images, seed_labels(images, len(names), params.seed, dev), names),
-        "oracle": scores(images, [im.proposals.majority() for im in images], names),
-        "oracle_restricted": scores(images, [im.proposals.majority(im.labels or None) for im in images], names),
-    }
-    flow_eval = run.pseudo_label_metrics["classes"]["miou"]
+    split = load_split(st, dataset, *keys, skipped)
+    images, names, dev, bg = split.images, split.ref.class_names, resolve_device(device), split.ref.has_background
+    replicated = seed_labels(images, len(names), params.seed, dev, background=bg)
+    rows = {"pseudo_labels": scores(images, replicated if run is None else version_proposal_labels(st, run.pseudo_labels, images),
+                                    names, bg)}
+    if not bg:
+        rows["seeds_with_background"] = scores(images, seed_labels(images, len(names), params.seed, dev), names)
+    allowed = lambda im: sorted({0, *im.labels}) if bg else (im.labels or None)
+    rows["oracle"] = scores(images, [im.proposals.majority() for im in images], names, bg)
+    rows["oracle_restricted"] = scores(images, [im.proposals.majority(allowed(im)) for im in images], names, bg)
     covered = sum(int(im.proposals.counts.sum()) for im in images)
     counted = covered + sum(int(im.proposals.rest.sum()) for im in images)
-    return {
-        "dataset": str(data), "images": len(images), "classes": names[1:], "pseudo_labels_version": run.pseudo_labels,
-        "rows": rows,
-        "proposals": {"per_image": float(np.mean([len(im.proposals) for im in images])),
-                      "coverage": covered / counted if counted else math.nan},
-        "checks": {
-            "flow_evaluation": _check(rows["pseudo_labels"]["miou"], flow_eval),
+    checks = {"seeded": "in-process (stored keys given)" if run is None else "by the flow"}
+    if run is not None:
+        flow_labels = version_proposal_labels(st, run.pseudo_labels, images)
+        checks.update({
+            "flow_evaluation": _check(rows["pseudo_labels"]["miou"], run.pseudo_label_metrics["classes"]["miou"]),
             "stored_label_maps": _check(score_version(st, run.pseudo_labels, images, names)["pixel_accuracy"],
                                         rows["pseudo_labels"]["pixel_accuracy"]),
             "seed_replicated": {"ok": all(np.array_equal(a, b) for a, b in zip(replicated, flow_labels))},
-        },
+        })
+    return {
+        "dataset": str(data), "images": len(images), "classes": names[1:], "background": bg, "proposals_key": keys[0],
+        "pooled_key": keys[1], "pseudo_labels_version": run.pseudo_labels if run else None, "rows": rows,
+        "proposals": {"per_image": float(np.mean([len(im.proposals) for im in images])),
+                      "coverage": covered / counted if counted else math.nan},
+        "checks": checks,
     }
 
 
@@ -99,19 +109,22 @@ def _check(value: float, reference: float) -> dict:
 
 
 def report(results: dict) -> str:
-    """Each dataset's rows and ratios as text tables."""
+    """Each dataset's rows, ratio and per-class IoU as text tables."""
     out = []
     for d in results["datasets"]:
         r = d["rows"]
-        table = [[row, r[row]["images"], r[row]["miou"], r[row]["pixel_accuracy"], r[row]["classes_present"]]
-                 for row in ROWS]
+        table = [[row, v["images"], v["miou"], v["pixel_accuracy"], v["mean_class_accuracy"], v["classes_present"]]
+                 for row, v in r.items()]
         ratio = r["pseudo_labels"]["miou"] / r["oracle_restricted"]["miou"] if r["oracle_restricted"]["miou"] else None
-        out += [f"{Path(d['dataset']).name}: {d['images']} images, {len(d['classes'])} classes, "
-                f"{d['proposals']['per_image']:.1f} proposals per image covering {d['proposals']['coverage']:.1%} "
-                "of counted pixels",
-                format_table(["row", "images", "mIoU", "pixel acc", "classes present"], table),
+        per_class = [[name, iou, r["oracle_restricted"]["iou"][name]] for name, iou in r["pseudo_labels"]["iou"].items()]
+        out += [f"{Path(d['dataset']).name}: {d['images']} images, {len(d['classes'])} classes"
+                f"{'' if d['background'] else ' (no background class)'}, {d['proposals']['per_image']:.1f} proposals "
+                f"per image covering {d['proposals']['coverage']:.1%} of counted pixels",
+                format_table(["row", "images", "mIoU", "pixel acc", "mean class acc", "classes present"], table),
                 f"pseudo_labels / oracle_restricted: {ratio:.3f}" if ratio is not None else "",
-                "checks: " + ", ".join(f"{k} {'ok' if v.get('ok', True) else 'MISMATCH'}" for k, v in d["checks"].items()),
+                format_table(["class", "pseudo-labels IoU", "oracle_restricted IoU"], per_class),
+                "checks: " + ", ".join(f"{k} {v if isinstance(v, str) else ('ok' if v.get('ok', True) else 'MISMATCH')}"
+                                       for k, v in d["checks"].items()),
                 ""]
     return "\n".join(out)
 
@@ -122,9 +135,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--store", type=Path, default=Path("runs/scene-store"), help="maskbank store (created)")
     parser.add_argument("--out", type=Path, default=Path("runs/scenes.json"), help="results JSON")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--proposals", help="proposals key the store holds (with --pooled: the flow is not run)")
+    parser.add_argument("--pooled", help="pooled key the store holds")
     args = parser.parse_args(argv)
     origin = provenance("bench/scenes.py", argv)
-    results = {"datasets": [scene_rows(args.store, d, RunParams(), args.device) for d in args.data]}
+    keys = (args.proposals, args.pooled) if args.proposals and args.pooled else None
+    results = {"datasets": [scene_rows(args.store, d, RunParams(), args.device, keys) for d in args.data]}
     publish(results, args.out, report(results), origin)
     return results
 

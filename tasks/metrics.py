@@ -151,11 +151,21 @@ def pixel_accuracy(cm: np.ndarray) -> float:
     return float(np.trace(cm) / total) if total else float("nan")
 
 
+def mean_class_accuracy(cm: np.ndarray, classes: Sequence[int] | None = None) -> float:
+    """Mean over ``classes`` (all by default) with truth pixels of the share of them predicted right (the
+    per-class recall; NaN when no class has truth)."""
+    cm = np.asarray(cm, dtype=np.int64)
+    ids = np.arange(len(cm)) if classes is None else np.asarray(classes, dtype=np.int64)
+    truth = cm.sum(axis=1)[ids]
+    present = truth > 0
+    return float((np.diag(cm)[ids][present] / truth[present]).mean()) if present.any() else float("nan")
+
+
 def summarise(cm: ConfusionMatrix, names: list[str], background: bool = True) -> dict:
-    """mIoU (absent classes skipped, and counted as 0), classes present, pixel accuracy and IoU per class
-    name (``None`` when absent) of ``cm``. Without ``background`` (a class list without one, whose index 0 is
-    only a placeholder) class 0 is left out of the means and the per-class IoU; a pixel left at 0 still
-    counts against its true class."""
+    """mIoU (absent classes skipped, and counted as 0), classes present, pixel accuracy, mean class accuracy
+    and IoU per class name (``None`` when absent) of ``cm``. Without ``background`` (a class list without one,
+    whose index 0 is only a placeholder) class 0 is left out of the means and the per-class IoU; a pixel left
+    at 0 still counts against its true class."""
     classes = np.arange(0 if background else 1, cm.num_classes)
     iou = cm.iou()[classes]
     return {
@@ -163,6 +173,7 @@ def summarise(cm: ConfusionMatrix, names: list[str], background: bool = True) ->
         "miou_absent_as_zero": float(cm.miou(classes, absent_as_zero=True)),
         "classes_present": int(np.isfinite(iou).sum()),
         "pixel_accuracy": pixel_accuracy(cm.matrix),
+        "mean_class_accuracy": mean_class_accuracy(cm.matrix, classes),
         "iou": {names[c]: (None if not np.isfinite(v) else float(v)) for c, v in zip(classes, iou)},
     }
 

@@ -113,6 +113,7 @@ def test_summarise_names_each_class_iou():
     assert out["miou_absent_as_zero"] == pytest.approx((0.5 + 4 / 6 + 0.5) / 4)
     assert out["classes_present"] == 3 and out["pixel_accuracy"] == pytest.approx(8 / 11)
     assert out["iou"] == {"a": 0.5, "b": pytest.approx(4 / 6), "c": 0.5, "d": None}
+    assert out["mean_class_accuracy"] == pytest.approx((2 / 3 + 4 / 4 + 2 / 4) / 3)  # d has no truth pixel
 
 
 def test_summarise_without_background_leaves_class_0_out_of_the_means():
@@ -121,6 +122,7 @@ def test_summarise_without_background_leaves_class_0_out_of_the_means():
     assert out["miou"] == pytest.approx((4 / 6 + 0.5) / 2)
     assert out["miou_absent_as_zero"] == pytest.approx((4 / 6 + 0.5) / 3)
     assert out["classes_present"] == 2 and "background" not in out["iou"]
+    assert out["mean_class_accuracy"] == pytest.approx((4 / 4 + 2 / 4) / 2)
     assert out["pixel_accuracy"] == summarise(cm, ["background", "b", "c", "d"])["pixel_accuracy"]
 
 

@@ -127,10 +127,15 @@ def test_scene_benchmark_reproduces_the_flow(scene_run, scenes):
     params = RunParams(propose=ProposeParams(points_per_side=4), embed=EmbedParams(long_side=224), shard_size=2)
     out = scene_rows(store, scenes, params, "cpu")
     assert out["pseudo_labels_version"] == summary.pseudo_labels and out["images"] == 5
-    assert all(c["ok"] for c in out["checks"].values()), out["checks"]
+    checks = {k: v for k, v in out["checks"].items() if k != "seeded"}
+    assert out["checks"]["seeded"] == "by the flow" and all(c["ok"] for c in checks.values()), out["checks"]
     rows = out["rows"]
     assert rows["oracle_restricted"]["miou"] <= rows["oracle"]["miou"] + 1e-9
     assert set(rows["pseudo_labels"]["iou"]) == set(CLASSES)
+    assert 0 <= rows["pseudo_labels"]["mean_class_accuracy"] <= 1
+    # on the keys the store holds, without the flow: the same rows
+    again = scene_rows(store, scenes, params, "cpu", keys=(out["proposals_key"], out["pooled_key"]))
+    assert again["rows"] == rows and again["checks"] == {"seeded": "in-process (stored keys given)"}
 
 
 @pytest.mark.parametrize("fmt", ["png", "voc", "coco"])

@@ -79,7 +79,9 @@ def report(version: str, kind: str, metrics: dict) -> str:
     """The metrics as text: the summary line, then each class's IoU (``-`` where the class is absent)."""
     m = metrics["classes"]
     lines = [f"{kind} {version}: mIoU {m['miou']:.4f} ({m['classes_present']} classes present), "
-             f"pixel accuracy {m['pixel_accuracy']:.4f}, over {metrics['images']} images"]
+             f"pixel accuracy {m['pixel_accuracy']:.4f}, "
+             + (f"mean class accuracy {m['mean_class_accuracy']:.4f}, " if "mean_class_accuracy" in m else "")
+             + f"over {metrics['images']} images"]
     if "voc21" in metrics:
         lines.append(f"VOC-21 mIoU {metrics['voc21']['miou']:.4f}")
     width = max(len(n) for n in m["iou"])
