@@ -60,7 +60,9 @@ class SeaweedS3:
             binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={directory}", "-s3",
             f"-s3.port={self.port}", f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
             f"-filer.port={ports['filer']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.volumeSizeLimitMB=64", "-volume.max=64",
+            # Each bucket is a collection with volumes of its own (several at its first write) and the session's
+            # tests make dozens of buckets: slots for them all (volumes are not preallocated, so this costs no disk).
+            "-master.volumeSizeLimitMB=64", "-volume.max=2000",
         ]
         directory.mkdir(parents=True, exist_ok=True)
         self._log = open(directory / "weed.log", "wb")
