@@ -12,7 +12,7 @@ use.
 
 Rows:
   seed stage (default)       the flow's seeding
-  rounds=0, rounds=4         refinement rounds
+  rounds=0, 4, 6, 8          refinement rounds
   quantile=0.9               the quantile of the matches in images without a class
   claim_labels=false         no label claims its best proposal
   label propagation          the default seeds spread over a 10-NN graph of all proposals (alpha 0.9, 20 steps),
@@ -127,7 +127,7 @@ def rows_for(images: list, names: list[str], params: RunParams, background: bool
     seed = params.seed
     default = seed_labels(images, len(names), seed, dev, background=background)
     rows = {"seed stage (default)": score(default)}
-    for change in ({"rounds": 0}, {"rounds": 4}, {"quantile": 0.9}, {"claim_labels": False}):
+    for change in ({"rounds": 0}, {"rounds": 4}, {"rounds": 6}, {"rounds": 8}, {"quantile": 0.9}, {"claim_labels": False}):
         name = ", ".join(f"{k}={str(v).lower()}" for k, v in change.items())
         rows[name] = score(seed_labels(images, len(names), dataclasses.replace(seed, **change) if dataclasses.is_dataclass(seed)
                                        else seed.model_copy(update=change), dev, background=background))
