@@ -40,7 +40,6 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from maskbank.tasks.collection import everywhere_classes
 from maskbank.tasks.models.device import resolve_device
 
 
@@ -152,15 +151,6 @@ def _group(images: np.ndarray, counts: np.ndarray, offsets: np.ndarray, read: Pr
     rows = np.concatenate([np.arange(offsets[i], offsets[i] + counts[i]) for i in images])
     owner = np.repeat(images, counts[images])
     return _Group(rows.astype(np.int64), owner, _Rows.of(torch.as_tensor(np.asarray(feats, np.float32), device=device), owner))
-
-
-def uncontrasted_classes(image_labels: np.ndarray) -> list[int]:
-    """Classes (not background) that every labelled image of ``[I, K]`` multi-hot ``image_labels`` has, in a
-    collection of more than one image: no image lacks them, so the contrast a proposal's evidence is measured
-    by is empty for them and their seeds rest on label claims and refinement alone."""
-    labels = np.asarray(image_labels, bool)
-    labelled = labels[labels[:, 1:].any(1)]
-    return everywhere_classes(labelled.sum(0), len(labelled))
 
 
 def evidence_images(image_labels: np.ndarray, counts: np.ndarray, per_class: int, reference: int,

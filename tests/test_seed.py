@@ -108,15 +108,16 @@ def test_without_background_every_proposal_takes_one_of_its_image_labels():
 
 
 def test_classes_in_every_labelled_image_are_named():
-    from maskbank.tasks.seed import uncontrasted_classes
+    from maskbank.tasks.collection import label_evidence
 
+    names = ["background", "a", "b", "c", "d"]
     labels = np.zeros((4, 5), bool)
     labels[:3, 1] = True  # in every labelled image
     labels[:3, 2] = [True, False, True]
     labels[:3, 4] = True
-    assert uncontrasted_classes(labels) == [1, 4]  # image 3 has no labels and does not count
-    assert uncontrasted_classes(labels[:1]) == []  # one image: nothing to contrast anyway
-    assert uncontrasted_classes(np.zeros((3, 5), bool)) == []
+    assert label_evidence(labels, names)["everywhere"] == ["a", "d"]  # image 3 has no labels and does not count
+    assert label_evidence(labels[:1], names)["everywhere"] == []  # one image: nothing to contrast anyway
+    assert label_evidence(np.zeros((3, 5), bool), names)["everywhere"] == []
 
 
 def test_empty_input():
