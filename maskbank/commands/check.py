@@ -61,6 +61,7 @@ def _dataset_lines(role: str, d: DatasetInput, ds: Dataset) -> list[str]:
 
 
 def _class_lines(datasets: Sequence[Dataset]) -> list[str]:
+    from maskbank.commands.describe import listed
     from maskbank.tasks.collection import (
         ENOUGH_CLASS_IMAGES, THIN_CLASS_IMAGES, class_image_counts, close_names, everywhere_classes, thin_classes,
     )
@@ -75,14 +76,14 @@ def _class_lines(datasets: Sequence[Dataset]) -> list[str]:
     thin = thin_classes(counts)
     if thin:
         lines.append(f"warning: thin classes, in fewer than {THIN_CLASS_IMAGES} labelled images (too few for reliable "
-                     f"seeds; they improve up to about {ENOUGH_CLASS_IMAGES}): {_listed([names[k] for k in thin])}")
+                     f"seeds; they improve up to about {ENOUGH_CLASS_IMAGES}): {listed([names[k] for k in thin])}")
     unused = [names[k] for k in order if counts[k] == 0]
     if unused:
-        lines.append(f"note: classes no labelled image has (they get no seeds): {_listed(unused)}")
+        lines.append(f"note: classes no labelled image has (they get no seeds): {listed(unused)}")
     everywhere = everywhere_classes(counts, sum(1 for image_labels in labels if image_labels))
     if everywhere:
         lines.append(f"warning: classes in every labelled image (no image shows what they are not, so their "
-                     f"seeds rest on the labels alone): {_listed([names[k] for k in everywhere])}")
+                     f"seeds rest on the labels alone): {listed([names[k] for k in everywhere])}")
     for c in close_names(names, counts):
         lines.append(f"warning: class {names[c.rare]!r} ({_images(counts[c.rare])}) looks like {names[c.common]!r} "
                      f"({_images(counts[c.common])}); if it is a typo: --rename '{names[c.rare]}={names[c.common]}'")
@@ -129,11 +130,6 @@ def _work_lines(datasets: Sequence[Dataset], params: RunParams, location: str | 
 
 def _images(n: int) -> str:
     return f"{n} image" if n == 1 else f"{n} images"
-
-
-def _listed(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:SHOWN])
-    return shown + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
 
 
 def _duration(seconds: float) -> str:

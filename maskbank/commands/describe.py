@@ -104,9 +104,14 @@ def settings_lines(params: Mapping[str, object]) -> list[str]:
     return lines + ([f"settings: {', '.join(loose)}"] if loose else [])
 
 
+def _stage_keys(params: Mapping[str, object]) -> list[str]:
+    """``proposals <key>``, ``pooled <key>``, ...: the stage keys ``params`` name."""
+    return [f"{stage} {params[stage]}" for stage in STAGE_KEY_PARAMS if isinstance(params.get(stage), str)]
+
+
 def computed_from(params: Mapping[str, object]) -> str | None:
     """``computed from: proposals <key>, pooled <key>``: the stage keys a version names, None if none."""
-    keys = [f"{stage} {params[stage]}" for stage in STAGE_KEY_PARAMS if isinstance(params.get(stage), str)]
+    keys = _stage_keys(params)
     return f"computed from: {', '.join(keys)}" if keys else None
 
 
@@ -124,7 +129,7 @@ def stage_settings_lines(stage: str, settings: Mapping[str, object], details: st
             lines.insert(0, f"{step}{details}")
         else:
             lines[own] += f"; {details}"
-    keys = [f"{name} {params[name]}" for name in STAGE_KEY_PARAMS if isinstance(params.get(name), str)]
+    keys = _stage_keys(params)
     if keys:
         lines.append(f"{STAGE_STEP.get(stage, stage)}: from {', '.join(keys)}")
     pins = []
