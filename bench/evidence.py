@@ -42,6 +42,8 @@ def stored_keys(store: Path, data: Path, proposals: str | None, pooled: str | No
                 device: str) -> tuple[str, str, set[str]]:
     """The proposals and pooled keys to read (``proposals`` and ``pooled`` when given, else those of a run of
     the flow on ``data``), and the images the flow skipped."""
+    if bool(proposals) != bool(pooled):
+        raise SystemExit("error: --proposals and --pooled go together: give both stored keys, or neither to run the flow")
     if proposals and pooled:
         return proposals, pooled, set()
     from maskbank.flows.label import label_images

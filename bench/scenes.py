@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pooled", help="pooled key the store holds")
     args = parser.parse_args(argv)
     origin = provenance("bench/scenes.py", argv)
+    if bool(args.proposals) != bool(args.pooled):
+        parser.error("--proposals and --pooled go together: give both stored keys, or neither to run the flow")
     keys = (args.proposals, args.pooled) if args.proposals and args.pooled else None
     results = {"datasets": [scene_rows(args.store, d, RunParams(), args.device, keys) for d in args.data]}
     publish(results, args.out, report(results), origin)
