@@ -3,17 +3,19 @@
     python bench/quality.py --data ../shared/data/coco-tiny --store runs/quality-store --out runs/quality.json
     python bench/quality.py --data maskbank/sample/coco --store /tmp/q-store --out /tmp/q.json --smoke
 
-The main flow runs three times on one store; proposals and features are computed once and shared by
-content key, so the second and third runs only seed, build a bank and retrieve:
+The main flow runs four times on one store; proposals and features are computed once and shared by
+content key, so the later runs only seed, train the head, build a bank and label val2017:
 
   1. train2017 + val2017 pseudo-labelled;
   2. train2017 pseudo-labelled and banked, val2017 labelled by retrieval;
-  3. run 2 with ModuSeg's original bank and retrieval settings.
+  3. run 2 with val2017 labelled by the second stage's head instead (``retrieve.method='segmenter'``);
+  4. run 2 with ModuSeg's original bank and retrieval settings.
 
 Rows (mIoU over the dataset's classes, over the 21 PASCAL VOC classes with other objects ignored in the
 truth, and pixel accuracy), every one on the same proposals and features:
 
   pseudo_labels       run 1's pseudo-labels, scored from their stored label maps
+  seeds               run 1's seeds: the pseudo-labels before the head fills the pixels no proposal covers
   oracle              each proposal takes its majority truth class: the ceiling the proposals allow
   oracle_restricted   the majority among the image's labels and background: the pseudo-labels' ceiling
                       (equal to ``oracle`` where the image labels are exactly the classes in the truth)
@@ -22,19 +24,20 @@ truth, and pixel accuracy), every one on the same proposals and features:
   retrieval           run 2's val2017 predictions
   gt_bank             run 2's retrieval against a bank built from train2017's truth instead of its
                       pseudo-labels: the ceiling of retrieval with these features and this bank size
-  retrieval_moduseg   run 3's val2017 predictions (majority vote k=25, 20 fixed erosions, ~300 px)
+  retrieval_segmenter run 3's val2017 predictions
+  retrieval_moduseg   run 4's val2017 predictions (majority vote k=25, 20 fixed erosions, ~300 px)
   gt_bank_moduseg     gt_bank with ModuSeg's settings (``PurifyParams.moduseg()``)
 
 Ablations vary one factor around the flow's defaults, computed in-process from the stored arrays: the
 decision rule, the erosion and the outlier filter ratio of retrieval on val2017 for the truth bank and
-the pseudo-label bank, and the seeding parameters of the pseudo-label row. Variants change what the
+the pseudo-label bank, and the seeding parameters of the seeds row. Variants change what the
 flows compute, the feature layer and the proposal density (points per side, SAM input size): each reruns
 the two main flows on the same store (only the changed stage and those after it are computed) and scores
 the pseudo-label, oracle, retrieval and truth-bank rows on the same images.
 
 Proposals are disjoint, so a painted label map is a lookup of its proposals' labels (see
 ``bench/_common.py``) and every in-process row is scored from per-proposal truth histograms. The
-``checks`` of the output confirm it on this data: scoring run 1's per-proposal labels this way, seeding
+``checks`` of the output confirm it on this data: scoring run 1's per-proposal seeds this way, seeding
 again in-process, rebuilding run 2's bank and retrieving again with it all reproduce the flow's figures.
 
 With ``--smoke`` the first 2 images of each split are used at light settings (4x4 prompts at 512 px,
@@ -105,18 +108,22 @@ P = TypeVar("P", bound=BaseModel)
 
 ROWS = {
     "pseudo_labels": "flow pseudo-labels (train+val)",
+    "seeds": "flow seeds (the pseudo-labels before the head fills them)",
     "oracle": "proposal oracle: majority truth class",
     "oracle_restricted": "oracle among image labels + background",
     "oracle_val": "proposal oracle on val",
     "retrieval": "flow retrieval, pseudo-label bank",
     "gt_bank": "retrieval, truth bank",
+    "retrieval_segmenter": "flow, val labelled by the head instead of the bank",
     "retrieval_moduseg": "flow retrieval, ModuSeg settings",
     "gt_bank_moduseg": "retrieval, truth bank, ModuSeg settings",
 }
 RATIOS = {  # name: (numerator row, denominator row); the goal is 0.8 or more
     "pseudo_labels/oracle": ("pseudo_labels", "oracle"),
     "pseudo_labels/oracle_restricted": ("pseudo_labels", "oracle_restricted"),
+    "seeds/oracle_restricted": ("seeds", "oracle_restricted"),
     "retrieval/gt_bank": ("retrieval", "gt_bank"),
+    "retrieval_segmenter/gt_bank": ("retrieval_segmenter", "gt_bank"),
     "retrieval_moduseg/gt_bank_moduseg": ("retrieval_moduseg", "gt_bank_moduseg"),
 }
 RULE_GRID: list[dict] = (
@@ -423,6 +430,7 @@ def evaluate_setting(store: Path, train: DatasetInput, val: DatasetInput, params
     banks = {"retrieval": load_bank(st, runs["retrieval"].bank), "gt_bank": gt.bank(params.bank)}
     rows = {
         "pseudo_labels": score_version(st, runs["pseudo_labels"].pseudo_labels, labelled, names),
+        "seeds": score_version(st, runs["pseudo_labels"].seeds, labelled, names),
         "oracle": score_labels(labelled, [im.proposals.majority() for im in labelled], names),
         "oracle_restricted": score_labels(labelled, [im.proposals.majority([0, *im.labels]) for im in labelled],
                                           names),
@@ -473,6 +481,9 @@ def run(data: Path, store: Path, params: RunParams, device: str = "auto", images
         base = evaluate_setting(store, train, val, params, device)
         t0 = time.perf_counter()
         moduseg = label_images(datasets=[train], targets=[val], store=str(store), params=original, device=device)
+        by_head = label_images(datasets=[train], targets=[val], store=str(store), device=device,
+                               params=params.model_copy(update={"retrieve": params.retrieve.model_copy(
+                                   update={"method": "segmenter"})}))
         flow_seconds = base.seconds + time.perf_counter() - t0
         if moduseg.skipped:
             raise RuntimeError(f"ModuSeg settings skipped images the flow defaults did not: {moduseg.skipped}")
@@ -485,6 +496,7 @@ def run(data: Path, store: Path, params: RunParams, device: str = "auto", images
         banks = {**base.banks, "retrieval_moduseg": load_bank(st, moduseg.bank),
                  "gt_bank_moduseg": base.gt.bank(original.bank, PurifyParams.moduseg())}
         rows["retrieval_moduseg"] = score_version(st, moduseg.predictions, va, names)
+        rows["retrieval_segmenter"] = score_version(st, by_head.predictions, va, names)
         rows["gt_bank_moduseg"] = retrieval_scores(banks["gt_bank_moduseg"], original.retrieve, va, names, dev)
 
         pseudo_maps = [st.read_label_map(base.runs["retrieval"].pseudo_labels, im.key) for im in base.train.images]
@@ -496,14 +508,14 @@ def run(data: Path, store: Path, params: RunParams, device: str = "auto", images
         seed_base = next(a for a in ablation_rows if a["group"] == "seeding" and a["setting"] == "flow defaults")
         checks = {
             "pseudo_labels_by_proposal": _check(
-                score_labels(labelled, version_proposal_labels(st, base.runs["pseudo_labels"].pseudo_labels,
+                score_labels(labelled, version_proposal_labels(st, base.runs["pseudo_labels"].seeds,
                                                                labelled), names)["miou"],
-                rows["pseudo_labels"]["miou"]),
+                rows["seeds"]["miou"]),
             "pseudo_labels_flow_evaluation": _check(
                 rows["pseudo_labels"]["miou"], base.runs["pseudo_labels"].pseudo_label_metrics["classes"]["miou"]),
             "retrieval_flow_evaluation": _check(
                 rows["retrieval"]["miou"], base.runs["retrieval"].prediction_metrics["classes"]["miou"]),
-            "seed_replicated": _check(seed_base["miou"], rows["pseudo_labels"]["miou"]),
+            "seed_replicated": _check(seed_base["miou"], rows["seeds"]["miou"]),
             "bank_rebuilt": {"prototypes": len(rebuilt), "reference": len(flow_bank), "ok": bool(
                 len(rebuilt) == len(flow_bank) and np.array_equal(rebuilt.labels, flow_bank.labels)
                 and np.allclose(rebuilt.vectors, flow_bank.vectors, atol=1e-6))},
@@ -520,7 +532,7 @@ def run(data: Path, store: Path, params: RunParams, device: str = "auto", images
 
     ratios = {name: {m: _ratio(rows[a][m], rows[b][m]) for m in ("miou", "miou_voc21")}
               for name, (a, b) in RATIOS.items()}
-    runs = {**base.runs, "retrieval_moduseg": moduseg}
+    runs = {**base.runs, "retrieval_segmenter": by_head, "retrieval_moduseg": moduseg}
     return _plain({
         "data": str(data), "store": str(store), "device": str(dev),
         "images": {"train2017": len(base.train.images), "val2017": len(va)},

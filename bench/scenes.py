@@ -7,19 +7,22 @@ The main flow pseudo-labels each dataset with the default models and parameters 
 background class, as MSRC-21's or CamVid's, seeds in the no-background mode: every pixel is one of the image's
 labels), then, on the same proposals and features:
 
-  pseudo_labels            the flow's pseudo-labels, scored from its stored label maps
+  pseudo_labels            the flow's pseudo-labels (the seeds with the pixels no proposal covers filled by the
+                           second stage's head), scored from their stored label maps
+  seeds                    the flow's seeds, before the head fills them
   seeds_with_background    (classes without background only) seeding again with background allowed
   oracle                   each proposal takes its majority truth class
   oracle_restricted        each proposal takes the majority among its image's labels (and background where the
-                           classes have one): the pseudo-labels' ceiling
+                           classes have one): the seeds' ceiling; the filled pseudo-labels can pass it
 
 ``--proposals KEY --pooled KEY`` reads proposals and features a store already holds instead of running the
-flow; the pseudo_labels row is then seeding in-process as the seed stage does (which the checks of a run with
-the flow show to reproduce it). mIoU (without a background class, the unused placeholder 0 is left out of the
-means; a pixel left unlabelled counts against its true class), pixel accuracy, mean class accuracy (per-class
-recall, the metric of the classic MSRC-21 papers), per-class IoU, proposals per image and the share of counted
-pixels inside a proposal. ``checks``: seeding again in-process reproduces the flow's pseudo-labels, and
-scoring them per proposal reproduces the flow's evaluation.
+flow (``--features KEY`` where the pooled group does not record its features key); the seed, head and fill
+stages' own functions then make the versions outside a flow run. mIoU (without a background class, the unused
+placeholder 0 is left out of the means; a pixel left unlabelled counts against its true class), pixel accuracy,
+mean class accuracy (per-class recall, the metric of the classic MSRC-21 papers), per-class IoU, proposals per
+image and the share of counted pixels inside a proposal. ``checks``: seeding again in-process reproduces the
+stored seeds, scoring them per proposal reproduces their stored maps' scores, and (with the flow) the
+pseudo-labels' scores are the flow's evaluation.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import format_table, proposal_confusion, provenance, publish  # noqa: E402
-from bench.quality import Image, load_split, score_version, seed_labels, version_proposal_labels  # noqa: E402
+from bench._common import format_table, proposal_confusion, provenance, publish, resize_nearest  # noqa: E402
+from bench.quality import Image, load_split, seed_labels, version_proposal_labels  # noqa: E402
 from maskbank.flows.params import RunParams  # noqa: E402
 from maskbank.flows.stages.embed import features_key  # noqa: E402
 from maskbank.flows.stages.ingest import DatasetInput  # noqa: E402
@@ -61,7 +64,8 @@ def scores(images: Sequence[Image], labels: Sequence[np.ndarray], class_names: l
             "mean_class_accuracy": s["mean_class_accuracy"], "classes_present": s["classes_present"], "iou": s["iou"]}
 
 
-def scene_rows(store: Path, data: Path, params: RunParams, device: str, keys: tuple[str, str] | None = None) -> dict:
+def scene_rows(store: Path, data: Path, params: RunParams, device: str, keys: tuple[str, str] | None = None,
+               features: str | None = None) -> dict:
     """The pseudo-labels of ``data`` (the flow's, or seeded in-process on stored ``keys``: proposals, pooled)
     and the in-process rows on its proposals and features."""
     dataset = DatasetInput(path=str(data))
@@ -77,8 +81,12 @@ def scene_rows(store: Path, data: Path, params: RunParams, device: str, keys: tu
     split = load_split(st, dataset, *keys, skipped)
     images, names, dev, bg = split.images, split.ref.class_names, resolve_device(device), split.ref.has_background
     replicated = seed_labels(images, len(names), params.seed, dev, background=bg)
-    rows = {"pseudo_labels": scores(images, replicated if run is None else version_proposal_labels(st, run.pseudo_labels, images),
-                                    names, bg)}
+    versions = _versions(store, split.ref, keys, features, params, device) if run is None else \
+        {"seeds": run.seeds, "pseudo_labels": run.pseudo_labels}
+    st.refresh()  # to the commits that made them
+    rows = {"pseudo_labels": map_scores(st, versions["pseudo_labels"], images, names, bg),
+            "seeds": scores(images, replicated if run is None else version_proposal_labels(st, run.seeds, images),
+                            names, bg)}
     if not bg:
         rows["seeds_with_background"] = scores(images, seed_labels(images, len(names), params.seed, dev), names)
     allowed = lambda im: sorted({0, *im.labels}) if bg else (im.labels or None)
@@ -86,22 +94,62 @@ def scene_rows(store: Path, data: Path, params: RunParams, device: str, keys: tu
     rows["oracle_restricted"] = scores(images, [im.proposals.majority(allowed(im)) for im in images], names, bg)
     covered = sum(int(im.proposals.counts.sum()) for im in images)
     counted = covered + sum(int(im.proposals.rest.sum()) for im in images)
-    checks = {"seeded": "in-process (stored keys given)" if run is None else "by the flow"}
+    checks = {"seeded": "in-process (stored keys given)" if run is None else "by the flow",
+              "stored_seed_maps": _check(map_scores(st, versions["seeds"], images, names, bg)["pixel_accuracy"],
+                                         rows["seeds"]["pixel_accuracy"]),
+              "seed_replicated": {"ok": all(np.array_equal(a, b) for a, b in zip(
+                  replicated, version_proposal_labels(st, versions["seeds"], images)))}}
     if run is not None:
-        flow_labels = version_proposal_labels(st, run.pseudo_labels, images)
-        checks.update({
-            "flow_evaluation": _check(rows["pseudo_labels"]["miou"], run.pseudo_label_metrics["classes"]["miou"]),
-            "stored_label_maps": _check(score_version(st, run.pseudo_labels, images, names)["pixel_accuracy"],
-                                        rows["pseudo_labels"]["pixel_accuracy"]),
-            "seed_replicated": {"ok": all(np.array_equal(a, b) for a, b in zip(replicated, flow_labels))},
-        })
+        checks["flow_evaluation"] = _check(rows["pseudo_labels"]["miou"], run.pseudo_label_metrics["classes"]["miou"])
     return {
         "dataset": str(data), "images": len(images), "classes": names[1:], "background": bg, "proposals_key": keys[0],
         "pooled_key": keys[1], "pseudo_labels_version": run.pseudo_labels if run else None, "rows": rows,
         "proposals": {"per_image": float(np.mean([len(im.proposals) for im in images])),
                       "coverage": covered / counted if counted else math.nan},
         "checks": checks,
+        "seconds": versions.get("seconds", run.seconds if run else {}),
     }
+
+
+def map_scores(st: Store, version: str, images: Sequence[Image], class_names: list[str], background: bool) -> dict:
+    """The scores of :func:`scores` for a version's stored label maps (which may label pixels outside every
+    proposal, as the pseudo-labels the head fills do)."""
+    cm = ConfusionMatrix(len(class_names))
+    for im in images:
+        cm.update(resize_nearest(st.read_label_map(version, im.key), im.truth.shape), im.truth)
+    s = summarise(cm, class_names, background=background)
+    return {"images": len(images), "miou": s["miou"], "pixel_accuracy": s["pixel_accuracy"],
+            "mean_class_accuracy": s["mean_class_accuracy"], "classes_present": s["classes_present"], "iou": s["iou"]}
+
+
+def _versions(store: Path, ref, keys: tuple[str, str], features: str | None, params: RunParams,
+              device: str) -> dict:
+    """The seeds and pseudo-labels of the collection ``ref`` on stored proposals and pooled features (``keys``),
+    made by the flow's own stage functions outside a flow run, with each one's seconds (next to nothing for a
+    version the store already holds); ``features``: the patch features' key (unset: the one the pooled group
+    records)."""
+    from maskbank.flows.stages.seed import seed_collection
+    from maskbank.flows.stages.segment import fill_pseudo_labels, train_segmenter
+    from maskbank.storage.layout import FEATURES, POOLED
+
+    import time
+
+    pk, plk = keys
+    fk = features or (Store.open(store, create=False).stage_settings(POOLED, plk) or {}).get(FEATURES)
+    if fk is None:
+        raise SystemExit(f"pooled key {plk} records no features key (written before keys were recorded): give --features")
+    t0 = time.perf_counter()
+    seeds = seed_collection.fn(str(store), ref, pk, plk, params.seed, device=device)
+    seconds = {"seed": time.perf_counter() - t0}
+    if not params.segment.enabled:
+        return {"seeds": seeds.id, "pseudo_labels": seeds.id, "seconds": seconds}
+    t0 = time.perf_counter()
+    head = train_segmenter.fn(str(store), ref, seeds, pk, fk, params.segment, device=device)
+    seconds["segmenter"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    filled = fill_pseudo_labels.fn(str(store), ref, seeds, head, pk, fk)
+    seconds["fill"] = time.perf_counter() - t0
+    return {"seeds": seeds.id, "pseudo_labels": filled.id, "seconds": seconds}
 
 
 def _check(value: float, reference: float) -> dict:
@@ -135,14 +183,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--store", type=Path, default=Path("runs/scene-store"), help="maskbank store (created)")
     parser.add_argument("--out", type=Path, default=Path("runs/scenes.json"), help="results JSON")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--params", type=Path, help="run parameters, a JSON file as `maskbank run --params` takes "
+                        "(default: the defaults)")
     parser.add_argument("--proposals", help="proposals key the store holds (with --pooled: the flow is not run)")
     parser.add_argument("--pooled", help="pooled key the store holds")
+    parser.add_argument("--features", help="features key the pooled key was made from (default: the one its group "
+                        "records)")
     args = parser.parse_args(argv)
     origin = provenance("bench/scenes.py", argv)
     if bool(args.proposals) != bool(args.pooled):
         parser.error("--proposals and --pooled go together: give both stored keys, or neither to run the flow")
     keys = (args.proposals, args.pooled) if args.proposals and args.pooled else None
-    results = {"datasets": [scene_rows(args.store, d, RunParams(), args.device, keys) for d in args.data]}
+    if args.features and not keys:
+        parser.error("--features goes with --proposals and --pooled")
+    params = RunParams.model_validate_json(args.params.read_text()) if args.params else RunParams()
+    results = {"params": params.model_dump(mode="json"),
+               "datasets": [scene_rows(args.store, d, params, args.device, keys, args.features) for d in args.data]}
     publish(results, args.out, report(results), origin)
     return results
 

@@ -1,7 +1,10 @@
 """The main flow: pixel labels for a labelled image collection, and for new images by retrieval.
 
-    ingest -> propose -> embed -> pool -> seed (pseudo-labels) -> evaluate
-                                           \\-> bank -> retrieve (new images) -> evaluate
+    ingest -> propose -> embed -> pool -> seed -> segment (pseudo-labels) -> evaluate
+                                                        \\-> bank -> retrieve (new images) -> evaluate
+
+``segment`` trains a linear head on the seeds and fills the pixels no proposal covers; with
+``retrieve.method='segmenter'`` the head, not the bank, labels the new images.
 
 Every stage is a cached Prefect task over small references; arrays live in the store. A rerun with
 nothing changed is served from the cache; a changed parameter or stage code reruns that stage and what
@@ -35,6 +38,7 @@ from maskbank.flows.stages.pool import pool_shard, pooled_key
 from maskbank.flows.stages.propose import propose_shard, proposals_key
 from maskbank.flows.stages.retrieve import retrieve
 from maskbank.flows.stages.seed import seed_collection
+from maskbank.flows.stages.segment import fill_pseudo_labels, segment_targets, train_segmenter
 
 
 class RunSummary(BaseModel):
@@ -44,6 +48,9 @@ class RunSummary(BaseModel):
     store: str
     labelled: str = Field(description="Fingerprint of the labelled collection.")
     pseudo_labels: str
+    seeds: str | None = Field(None, description="The seed version the pseudo-labels were made from (the "
+                              "pseudo-labels themselves when the second stage is off).")
+    segmenter: str | None = Field(None, description="The segmentation head trained on the seeds, when on.")
     bank: str
     predictions: str | None = None
     pseudo_label_metrics: dict | None = None
@@ -144,30 +151,44 @@ def label_images(
                             proposals_key=pk, features_key=fk, verify=verify)
         clock.lap("pool")
 
-    pseudo = checked(seed_collection, version_complete, store=store, collection=labelled, proposals_key=pk,
-                     pooled_key=plk, params=p.seed, skip=skip, device=device, verify=verify)
+    seeds = checked(seed_collection, version_complete, store=store, collection=labelled, proposals_key=pk,
+                    pooled_key=plk, params=p.seed, skip=skip, device=device, verify=verify)
     clock.lap("seed")
+    pseudo, segmenter = seeds, None
+    if p.segment.enabled:
+        segmenter = checked(train_segmenter, version_complete, store=store, collection=labelled, labels_version=seeds,
+                            proposals_key=pk, features_key=fk, params=p.segment, device=device, verify=verify)
+        pseudo = checked(fill_pseudo_labels, version_complete, store=store, collection=labelled, seeds_version=seeds,
+                         segmenter_version=segmenter, proposals_key=pk, features_key=fk, verify=verify)
+        clock.lap("segment")
     pseudo_eval = _evaluate(store, datasets, labelled, pseudo, verify)
     clock.lap("evaluate")
     bank = checked(build_bank, version_complete, store=store, collection=labelled, labels_version=pseudo,
                    features_key=fk, params=p.bank, verify=verify)
     clock.lap("bank")
     predictions = pred_eval = None
-    if target is not None:
+    if target is not None and p.retrieve.method == "segmenter":
+        predictions = checked(segment_targets, version_complete, store=store, targets=target,
+                              segmenter_version=segmenter, background=labelled.has_background, proposals_key=pk,
+                              features_key=fk, skip=skip, verify=verify)
+        clock.lap("segment")
+    elif target is not None:
         predictions = checked(retrieve, version_complete, store=store, targets=target, bank_version=bank,
                               proposals_key=pk, pooled_key=plk, params=p.retrieve, skip=skip,
                               device=device, verify=verify)
         clock.lap("retrieve")
+    if predictions is not None:
         pred_eval = _evaluate(store, targets, target, predictions, verify)
         clock.lap("evaluate")
 
     summary = RunSummary(
-        store=store, labelled=labelled.fingerprint, pseudo_labels=pseudo.id, bank=bank.id,
+        store=store, labelled=labelled.fingerprint, pseudo_labels=pseudo.id, seeds=seeds.id,
+        segmenter=segmenter.id if segmenter else None, bank=bank.id,
         predictions=predictions.id if predictions else None,
         pseudo_label_metrics=pseudo_eval.metrics if pseudo_eval else None,
         prediction_metrics=pred_eval.metrics if pred_eval else None,
         pseudo_label_coverage=coverage_of(pseudo), prediction_coverage=coverage_of(predictions) if predictions else None,
-        pseudo_label_evidence=evidence_of(pseudo),
+        pseudo_label_evidence=evidence_of(seeds),
         computed={"propose": sum(len(r.computed) for r in proposals), "embed": sum(len(r.computed) for r in features),
                   "pool": sum(len(r.computed) for r in pooled)},
         skipped=[(k, why) for k, why in skipped] + [s for c in collections for s in c.skipped]

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from maskbank.tasks.embed import EmbedConfig
 from maskbank.tasks.propose import ProposerConfig
 from maskbank.tasks.purify import MIN_AREA_FRACTION
 from maskbank.tasks.retrieve import DEFAULT_K
 from maskbank.tasks.seed import SeedConfig
+from maskbank.tasks.segmenter import SegmenterConfig
 
 _SEED = SeedConfig()
+_SEGMENTER = SegmenterConfig()
 
 
 class _Params(BaseModel):
@@ -105,6 +107,21 @@ class SeedParams(_Params):
         return SeedConfig(**self.model_dump(), background=background)
 
 
+class SegmentParams(_Params):
+    """The second stage: a linear head on the patch features trained on the seeds (see ``tasks/segmenter.py``)."""
+
+    enabled: bool = Field(True, description="Train the head and fill the pixels no proposal covers with its labels (restricted to each image's labels); off: the pseudo-labels are the seeds.")
+    epochs: int = Field(_SEGMENTER.epochs, ge=1, description="Passes over the token sample.")
+    learning_rate: float = Field(_SEGMENTER.learning_rate, gt=0, description="Peak learning rate (AdamW, one-cycle schedule).")
+    weight_decay: float = Field(_SEGMENTER.weight_decay, ge=0, description="AdamW weight decay.")
+    max_tokens: int = Field(_SEGMENTER.max_tokens, ge=1, description="Patch tokens the head is trained on at most: a uniform sample of the labelled images' covered tokens, so memory and training time stay bounded however many images are labelled.")
+
+    def config(self) -> SegmenterConfig:
+        """The training settings."""
+        return SegmenterConfig(epochs=self.epochs, learning_rate=self.learning_rate, weight_decay=self.weight_decay,
+                               max_tokens=self.max_tokens)
+
+
 class BankParams(_Params):
     """Prototype bank (ModuSeg stage C, E-G)."""
 
@@ -117,7 +134,9 @@ class BankParams(_Params):
 
 
 class RetrieveParams(_Params):
-    """k-NN retrieval of proposal labels against the bank."""
+    """How the images to label are labelled: k-NN retrieval of proposal labels against the bank, or the head."""
+
+    method: Literal["bank", "segmenter"] = Field("bank", description="'bank': each proposal by k-NN over the prototype bank; 'segmenter': by the second stage's head (each proposal takes its class of highest mean probability, pixels outside every proposal the head's class); needs segment.enabled.")
 
     rule: Literal["class_balanced", "majority", "knn_weighted"] = Field("class_balanced", description="'majority' is ModuSeg's vote, which collapses on small banks where background prototypes outnumber every class.")
     k: int = Field(DEFAULT_K["majority"], ge=1, description="Neighbours of the 'majority' and 'knn_weighted' rules (ModuSeg: 25).")
@@ -131,6 +150,14 @@ class RunParams(_Params):
     propose: ProposeParams = ProposeParams()
     embed: EmbedParams = EmbedParams()
     seed: SeedParams = SeedParams()
+    segment: SegmentParams = SegmentParams()
     bank: BankParams = BankParams()
     retrieve: RetrieveParams = RetrieveParams()
     shard_size: int = Field(8, ge=1, description="Images per cached task.")
+
+    @model_validator(mode="after")
+    def _the_head_is_trained_where_it_labels(self) -> "RunParams":
+        if self.retrieve.method == "segmenter" and not self.segment.enabled:
+            raise ValueError("retrieve.method 'segmenter' labels the images with the second stage's head: "
+                             "set segment.enabled to true, or retrieve.method to 'bank'")
+        return self

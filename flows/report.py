@@ -30,7 +30,7 @@ REPORT_KEY = "maskbank-report"
 IOU_TABLE_KEY = "maskbank-class-iou"
 EVALUATION_KEY = "maskbank-evaluation"
 PER_IMAGE_STAGES = ("propose", "embed", "pool")
-STAGES = ("ingest", *PER_IMAGE_STAGES, "seed", "evaluate", "bank", "retrieve")
+STAGES = ("ingest", *PER_IMAGE_STAGES, "seed", "segment", "evaluate", "bank", "retrieve")
 SHOWN_NAMES = 10
 """Images or classes a warning names before "and N more"."""
 _MARKDOWN_SPECIAL = "\\`*_[]<>#|"
@@ -222,8 +222,9 @@ def run_report(
     images ``not_shown`` (``(image id, reason)``) of those chosen for them."""
     store = store_location(summary.store)
     images = summary.images
-    versions = [("pseudo-labels", summary.pseudo_labels), ("prototype bank", summary.bank),
-                ("predictions (retrieval)", summary.predictions)]
+    versions = [("pseudo-labels", summary.pseudo_labels), ("seeds (before the head filled them)",
+                summary.seeds if summary.segmenter else None), ("segmentation head", summary.segmenter),
+                ("prototype bank", summary.bank), ("predictions", summary.predictions)]
     stages = []
     for stage in STAGES:
         if stage not in summary.seconds:

@@ -77,6 +77,8 @@ def sample_root() -> Path:
 def _print_summary(summary) -> None:
     typer.echo(f"store:          {summary.store}")
     typer.echo(f"pseudo-labels:  version {summary.pseudo_labels}  (label maps: labels/{summary.pseudo_labels})")
+    if summary.segmenter:
+        typer.echo(f"head:           version {summary.segmenter}  (trained on the seeds, version {summary.seeds})")
     typer.echo(f"prototype bank: version {summary.bank}")
     if summary.predictions:
         typer.echo(f"retrieval:      version {summary.predictions}  (label maps: labels/{summary.predictions})")

@@ -48,7 +48,9 @@ PSEUDO_LABELS = "pseudo_labels"
 BANK = "bank"
 PREDICTIONS = "predictions"
 EVALUATION = "evaluation"
-VERSION_KINDS = (PSEUDO_LABELS, BANK, PREDICTIONS, EVALUATION)
+SEGMENTER = "segmenter"
+"""Version kind of a segmentation head trained on pseudo-labels: its weights are the version's arrays."""
+VERSION_KINDS = (PSEUDO_LABELS, SEGMENTER, BANK, PREDICTIONS, EVALUATION)
 LABEL_MAP_KINDS = frozenset({PSEUDO_LABELS, PREDICTIONS})
 """Version kinds whose label maps (``labels/<version id>``) belong to the version."""
 

@@ -39,7 +39,7 @@ def test_smoke_run(prefect_harness, tmp_path):
     assert {"datasets", "proposals", "features", "pooled", "labels", "versions"} <= set(stages)
     for stage in ("proposals", "features", "pooled"):  # one shard each: one commit, new objects, bytes
         assert stages[stage]["commits"] == 1 and stages[stage]["objects"] > 0 and stages[stage]["bytes"] > 0
-    assert stages["versions"]["commits"] == 5  # pseudo_labels, bank, predictions and two evaluations
+    assert stages["versions"]["commits"] == 7  # seeds, head, pseudo_labels, bank, predictions and two evaluations
     assert set(results["throughput"]) == {"local", "s3"} and set(results["open"]) == {"local", "s3"}
     for where in ("local", "s3"):
         tp = results["throughput"][where]

@@ -157,7 +157,7 @@ def test_main_help_imports_nothing_heavy():
 def test_an_unknown_version_kind_is_a_one_line_error(tmp_path, args):
     out = _invoke(*[a.format(store=tmp_path / "store") for a in args])
     assert out.exit_code == 2
-    assert out.output == "error: unknown version kind 'foo'; kinds are pseudo_labels, bank, predictions, evaluation\n"
+    assert out.output == "error: unknown version kind 'foo'; kinds are pseudo_labels, segmenter, bank, predictions, evaluation\n"
 
 
 def test_module_constants_are_read_without_importing_the_module(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from maskbank.storage.datasets.coco import write_coco_subset
 
@@ -12,7 +13,7 @@ pytestmark = [pytest.mark.real]
 
 TRAIN = ["000000196610", "000000204805", "000000425988", "000000278528"]
 VAL = ["000000184324", "000000208901"]
-COMPUTE_TASKS = {"propose", "embed", "pool", "seed", "bank", "retrieve", "evaluate"}
+COMPUTE_TASKS = {"propose", "embed", "pool", "seed", "segmenter", "fill", "bank", "retrieve", "evaluate"}
 
 
 def _light_params(k: int = 25):
@@ -78,7 +79,7 @@ def test_changing_k_reruns_only_retrieval_and_evaluation(first_run, data):
     store, first, _ = first_run
     _, train, val = data
     summary, states = _run(train, val, store, _light_params(k=3))
-    for t in ("propose", "embed", "pool", "seed", "bank"):
+    for t in ("propose", "embed", "pool", "seed", "segmenter", "fill", "bank"):
         assert states[t] == {"Cached"}, t
     assert states["retrieve"] == {"Completed"}
     assert "Completed" in states["evaluate"]  # the pseudo-label evaluation stays cached
@@ -192,3 +193,84 @@ def test_evaluate_refuses_what_it_cannot_score_in_one_line(first_run, data, tmp_
         out = CliRunner().invoke(app, ["evaluate", *args])
         lines = out.output.strip().splitlines()
         assert out.exit_code == 2 and len(lines) == 1 and message in lines[0], (message, out.output)
+
+
+def test_the_head_fills_what_no_proposal_covers_and_keeps_the_seeds_elsewhere(first_run):
+    from maskbank.flows.stages.labels import EVIDENCE
+    from maskbank.flows.stages.propose import proposals_key
+    from maskbank.storage.layout import manifest_group
+    from maskbank.storage.store import Store
+    from maskbank.storage.versions import get_version, read_version
+
+    store, summary, _ = first_run
+    st = Store.open(store, create=False)
+    assert summary.seeds != summary.pseudo_labels and summary.segmenter is not None
+    head = get_version(st, summary.segmenter)
+    assert head.kind == "segmenter" and list(head.parents) == [summary.seeds]
+    weights = read_version(st, summary.segmenter).arrays
+    classes = [str(c) for c in weights["class_name"]]
+    assert weights["weight"].shape == (384, len(classes)) and weights["bias"].shape == (len(classes),)
+    assert 0 < head.metrics["tokens"] <= head.metrics["tokens_offered"]
+    filled = get_version(st, summary.pseudo_labels)
+    assert filled.kind == "pseudo_labels" and sorted(filled.parents) == sorted([summary.seeds, summary.segmenter])
+    assert filled.metrics[EVIDENCE] == get_version(st, summary.seeds).metrics[EVIDENCE]
+    seeds, pseudo = read_version(st, summary.seeds).arrays, read_version(st, summary.pseudo_labels).arrays
+    for name in ("image_key", "proposal_image", "proposal_label", "proposal_score"):
+        assert np.array_equal(seeds[name], pseudo[name]), name
+    labels = {}
+    for fp in filled.datasets:
+        group = manifest_group(fp)
+        keys, hot = st.read_array(group, "image_key"), st.read_array(group, "labels")
+        labels.update({str(k): set(np.flatnonzero(row).tolist()) for k, row in zip(keys, hot)})
+    changed = 0
+    for key in (str(k) for k in seeds["image_key"]):
+        before, after = st.read_label_map(summary.seeds, key), st.read_label_map(summary.pseudo_labels, key)
+        covered = st.read_proposals(proposals_key(_light_params().propose), key).masks().any(axis=0)
+        assert np.array_equal(before[covered], after[covered])
+        assert set(np.unique(after[~covered]).tolist()) <= {0} | labels[key]
+        changed += int((before != after).sum())
+    assert changed > 0  # light proposals leave pixels uncovered, and the head gives some of them a class
+
+
+def test_the_head_labels_the_images_to_label_when_asked_and_export_reads_its_maps(first_run, data, tmp_path):
+    from typer.testing import CliRunner
+
+    from maskbank.cli import app
+    from maskbank.flows.params import RetrieveParams
+    from maskbank.storage.store import Store
+    from maskbank.storage.versions import get_version
+
+    store, first, _ = first_run
+    _, train, val = data
+    params = _light_params().model_copy(update={"retrieve": RetrieveParams(method="segmenter")})
+    summary, states = _run(train, val, store, params)
+    for t in ("seed", "segmenter", "fill", "bank"):  # as the runs before left them
+        assert states[t] == {"Cached"}, t
+    assert states["segment"] == {"Completed"} and "retrieve" not in states
+    predictions = get_version(Store.open(store, create=False), summary.predictions)
+    assert predictions.kind == "predictions" and list(predictions.parents) == [summary.segmenter]
+    assert summary.prediction_metrics["images"] == 2
+    for version in (summary.predictions, summary.pseudo_labels):  # painted from proposals, then filled
+        out = CliRunner().invoke(app, ["export", str(store), version, "--format", "coco", "--out",
+                                       str(tmp_path / version), "--min-score", "0.3", "--instances"])
+        assert out.exit_code == 0 and "skipped" not in out.output, out.output
+
+
+def test_without_the_head_the_pseudo_labels_are_the_seeds(first_run, data):
+    from maskbank.flows.params import SegmentParams
+
+    store, first, _ = first_run
+    _, train, val = data
+    params = _light_params().model_copy(update={"segment": SegmentParams(enabled=False)})
+    summary, states = _run(train, val, store, params)
+    assert summary.pseudo_labels == summary.seeds and summary.segmenter is None
+    assert states["seed"] == {"Cached"} and "segmenter" not in states and "fill" not in states
+
+
+def test_labelling_the_images_to_label_with_the_head_needs_the_head():
+    from pydantic import ValidationError
+
+    from maskbank.flows.params import RetrieveParams, RunParams, SegmentParams
+
+    with pytest.raises(ValidationError, match="set segment.enabled to true"):
+        RunParams(segment=SegmentParams(enabled=False), retrieve=RetrieveParams(method="segmenter"))

@@ -88,6 +88,26 @@ def test_labelled_proposals_never_become_background(scene_run):
         assert (label_map[covered] > 0).all()
 
 
+def test_the_head_leaves_no_pixel_unlabelled(scene_run):
+    """Without background every pixel is one of the image's labels: the seeds leave the pixels no proposal
+    covers at the placeholder 0, and the head's fill gives each of them one of the image's labels."""
+    from maskbank.storage.layout import manifest_group
+    from maskbank.storage.store import Store
+    from maskbank.storage.versions import get_version, read_version
+
+    store, summary = scene_run
+    st = Store.open(store, create=False)
+    group = manifest_group(get_version(st, summary.pseudo_labels).datasets[0])
+    labels = {str(k): set(np.flatnonzero(row).tolist())
+              for k, row in zip(st.read_array(group, "image_key"), st.read_array(group, "labels"))}
+    unlabelled = 0
+    for image_key in (str(k) for k in read_version(st, summary.pseudo_labels).arrays["image_key"]):
+        filled = st.read_label_map(summary.pseudo_labels, image_key)
+        assert set(np.unique(filled).tolist()) <= labels[image_key]
+        unlabelled += int((st.read_label_map(summary.seeds, image_key) == 0).sum())
+    assert unlabelled > 0  # the light proposals leave pixels out, which the head filled
+
+
 def test_the_bank_has_no_background_prototypes(scene_run):
     from maskbank.storage.store import Store
     from maskbank.storage.versions import read_version
@@ -135,7 +155,8 @@ def test_scene_benchmark_reproduces_the_flow(scene_run, scenes):
     assert 0 <= rows["pseudo_labels"]["mean_class_accuracy"] <= 1
     # on the keys the store holds, without the flow: the same rows
     again = scene_rows(store, scenes, params, "cpu", keys=(out["proposals_key"], out["pooled_key"]))
-    assert again["rows"] == rows and again["checks"] == {"seeded": "in-process (stored keys given)"}
+    assert again["rows"] == rows and again["checks"]["seeded"] == "in-process (stored keys given)"
+    assert all(c["ok"] for k, c in again["checks"].items() if k != "seeded"), again["checks"]
 
 
 @pytest.mark.parametrize("fmt", ["png", "voc", "coco"])
@@ -143,7 +164,7 @@ def test_export_leaves_the_placeholder_out_and_reads_back(scene_run, tmp_path, f
     """Exported classes are the dataset's own (no "background" line, no background category); class k of the
     store is written as k - 1, pixels no class was painted on as ignore; the folder reads back as a dataset
     without background whose truth is the stored labels (COCO: pixels in no annotation), and scores the
-    version it came from at mIoU 1."""
+    version it came from at mIoU 1. The seeds are exported: the pseudo-labels have those pixels filled."""
     from typer.testing import CliRunner
 
     from maskbank.cli import app
@@ -151,9 +172,11 @@ def test_export_leaves_the_placeholder_out_and_reads_back(scene_run, tmp_path, f
     from maskbank.storage.store import Store
     from maskbank.storage.versions import read_version
 
-    store, summary = scene_run
+    store, run_summary = scene_run
+    summary = run_summary.model_copy(update={"pseudo_labels": run_summary.seeds})
     out = tmp_path / fmt
-    run = CliRunner().invoke(app, ["export", str(store), "--format", fmt, "--out", str(out), "--images", "copy"])
+    run = CliRunner().invoke(app, ["export", str(store), summary.pseudo_labels, "--format", fmt, "--out", str(out),
+                                   "--images", "copy"])
     assert run.exit_code == 0, run.output
     if fmt == "coco":
         data = json.loads((out / "annotations/instances_pseudo_labels.json").read_text())

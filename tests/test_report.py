@@ -76,7 +76,7 @@ def test_run_report(summary):
     assert "| labelled | `data/coco` | train2017 | auto |" in text
     assert "| target | `data/val.json` | - | auto |" in text
     assert "| pseudo-labels | `0123456789abcdef` |" in text and "| prototype bank | `1123456789abcdef` |" in text
-    assert "| predictions (retrieval) | `2123456789abcdef` |" in text
+    assert "| predictions | `2123456789abcdef` |" in text
     assert "| propose | 1 of 4 | 12.3 |" in text and "| embed | 0 of 4 | 0.0 |" in text
     assert "| seed | - | 0.1 |" in text and "| retrieve | - | 0.4 |" in text
     assert "| pseudo-labels | 3 | 0.5000 | 2 | 0.6123 |" in text and "| retrieval | 1 | 0.2500 | 2 | - |" in text

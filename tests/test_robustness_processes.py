@@ -25,12 +25,14 @@ pytestmark = [pytest.mark.real]
 
 TRAIN = ["000000196610", "000000204805"]
 VAL = ["000000208901"]
-STAGES = ["propose", "embed", "pool", "seed", "evaluate", "bank", "retrieve"]  # in the order the flow runs them
+STAGES = ["propose", "embed", "pool", "seed", "segmenter", "fill", "evaluate", "bank", "retrieve"]  # in the order the flow runs them
 S3_STAGES = ["propose", "seed", "retrieve"]  # a per-image stage, a label-map batch, a version after its maps
-PAUSE_AFTER = {"propose": 1, "embed": 1, "pool": 1, "seed": 0, "evaluate": 0, "bank": 0, "retrieve": 1}
+PAUSE_AFTER = {"propose": 1, "embed": 1, "pool": 1, "seed": 0, "segmenter": 0, "fill": 0, "evaluate": 0, "bank": 0,
+               "retrieve": 1}
 """Commits a stage's task makes before the one it is killed in: the second shard of a per-image stage, the
-label-map batch of seed, the version of retrieve (its label maps committed), the only commit of the rest."""
-CHUNKED = {"propose", "embed", "pool", "seed", "bank"}
+label-map batch of seed and of fill, the version of retrieve (its label maps committed), the only commit of the
+rest."""
+CHUNKED = {"propose", "embed", "pool", "seed", "segmenter", "fill", "bank"}
 """Stages whose killed commit writes chunk objects to storage (the others' data may be small enough for
 icechunk to keep it inline in its manifests)."""
 
@@ -267,14 +269,14 @@ def test_killed_in_every_stage_then_completed_equals_an_uninterrupted_run(refere
         orphans |= written
     summary = Run(tmp_path, "final", store, **data, env=env).summary()
     assert _outputs(store, summary) == reference
-    _assert_every_item_verifies(store, versions=5)  # pseudo-labels, bank, predictions, 2 evaluations
+    _assert_every_item_verifies(store, versions=7)  # seeds, head, pseudo-labels, bank, predictions, 2 evaluations
 
     # the killed writers' chunks are garbage: collected, and every version and output still reads the same
     st = Store.open(store, create=False)
     assert collect_garbage(st, older_than=timedelta(0))["chunks_deleted"] >= len(orphans)
     assert not orphans & _chunk_objects(store)
     assert _outputs(store, summary) == reference
-    _assert_every_item_verifies(store, versions=5)
+    _assert_every_item_verifies(store, versions=7)
 
 
 def test_two_runs_at_once_on_one_store(reference, data, place, tmp_path):
@@ -290,8 +292,8 @@ def test_two_runs_at_once_on_one_store(reference, data, place, tmp_path):
     for stage in ("propose", "embed", "pool"):  # a call running in one process is served to the other from its cache
         assert a["computed"][stage] + b["computed"][stage] == images, stage
     ids = [v.id for v in list_versions(Store.open(store, create=False))]
-    assert len(ids) == len(set(ids)) == 7  # pseudo-labels, bank, 2 predictions, 3 evaluations
-    _assert_every_item_verifies(store, versions=7)
+    assert len(ids) == len(set(ids)) == 9  # seeds, head, pseudo-labels, bank, 2 predictions, 3 evaluations
+    _assert_every_item_verifies(store, versions=9)
 
 
 def test_very_large_image_runs_in_bounded_memory(prefect_harness, sample_root, tmp_path):

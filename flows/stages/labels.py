@@ -14,6 +14,7 @@ from maskbank.storage.store import Store
 from maskbank.storage.versions import get_version, publish_version
 from maskbank.tasks.coverage import CoverageTally, painted_classes
 from maskbank.tasks.paint import paint_by_score
+from maskbank.tasks.segmenter import fill_uncovered
 
 NEUTRAL_SALIENCY = 0.5
 """Saliency of proposals whose features have no saliency head (no prior either way)."""
@@ -84,11 +85,17 @@ class LabelVersionWriter:
         self.scores: list[np.ndarray] = []
 
     def add(self, image_key: str, image_id: str, labels: np.ndarray, scores: np.ndarray,
-            image_labels: Sequence[int] | None = None) -> None:
+            image_labels: Sequence[int] | None = None, masks: np.ndarray | None = None,
+            fill: np.ndarray | None = None) -> None:
         """Paint and store one image's map from its proposals' ``labels`` and ``scores``; ``image_labels``
-        (its class indices, None when it has none) are what the map is checked against."""
-        props = self.st.read_proposals(self.proposals_key, image_key)
-        label_map = paint_by_score(props.masks(), labels, scores, nms_iou=self.nms_iou, num_classes=self.num_classes)
+        (its class indices, None when it has none) are what the map is checked against. ``masks``: the
+        proposals' masks when the caller has read them already; ``fill``: a label map whose labels the
+        pixels no proposal covers take."""
+        if masks is None:
+            masks = self.st.read_proposals(self.proposals_key, image_key).masks()
+        label_map = paint_by_score(masks, labels, scores, nms_iou=self.nms_iou, num_classes=self.num_classes)
+        if fill is not None:
+            label_map = fill_uncovered(label_map, masks.any(axis=0), fill)
         self.coverage.add(image_id, painted_classes(label_map, self.num_classes), image_labels)
         self.maps.add(image_key, label_map, image_id)
         self.keys.append(image_key)

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from maskbank.storage.layout import (
-    BANK, EVALUATION, FEATURES, POOLED, PREDICTIONS, PROPOSALS, PSEUDO_LABELS, SETTINGS_CHECKPOINT, SETTINGS_CODE,
+    BANK, EVALUATION, FEATURES, POOLED, PREDICTIONS, PROPOSALS, PSEUDO_LABELS, SEGMENTER, SETTINGS_CHECKPOINT, SETTINGS_CODE,
 )
 from maskbank.storage.store import MissingItemError, Store
 from maskbank.storage.versions import VersionInfo
@@ -32,7 +32,7 @@ HIDDEN_PARAMS = ("images",)
 STAGE_STEP = {PROPOSALS: "propose", FEATURES: "embed", POOLED: "pool"}
 """The step of the run that computes each per-image stage (as ``maskbank run`` reports it)."""
 
-DATASET_ROLE = {PSEUDO_LABELS: "labelled images", BANK: "labelled images", PREDICTIONS: "images to label",
+DATASET_ROLE = {PSEUDO_LABELS: "labelled images", SEGMENTER: "labelled images", BANK: "labelled images", PREDICTIONS: "images to label",
                 EVALUATION: "scored on"}
 """What a version's datasets are to it, in the words of ``maskbank run``."""
 

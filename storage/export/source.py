@@ -3,10 +3,11 @@ to its image file (full size, stored orientation).
 
 The images of a ``pseudo_labels`` or ``predictions`` version are the records of its datasets' manifests
 whose content key it labelled; each is exported under its dataset id without the image file's extension.
-Its classes are those of the prototype bank it was retrieved with (predictions) or of its datasets. Its
-label maps were painted by ``paint_by_score`` from its proposals (the version's ``proposals`` parameter)
-with the version's per-proposal labels and scores: seeding paints without NMS, retrieval with its
-``nms_iou``. Painting again gives each pixel's proposal, checked against the stored map.
+Its classes are those of the prototype bank it was retrieved with or the segmentation head it was labelled
+by (predictions), or of its datasets. Its label maps were painted by ``paint_by_score`` from its proposals
+(the version's ``proposals`` parameter) with the version's per-proposal labels and scores: seeding and the
+head paint without NMS, retrieval with its ``nms_iou``; a head also fills the pixels outside every proposal.
+Painting again gives each covered pixel's proposal, checked against the stored map.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from PIL import ExifTags, Image
 
 from maskbank.storage.datasets import ImageError, working_size
 from maskbank.storage.datasets.images import IMAGE_EXTENSIONS
-from maskbank.storage.layout import BANK, LABEL_MAP_KINDS, PREDICTIONS, PROPOSALS, PSEUDO_LABELS, stage_group, version_group
+from maskbank.storage.layout import (
+    BANK, LABEL_MAP_KINDS, PREDICTIONS, PROPOSALS, PSEUDO_LABELS, SEGMENTER, stage_group, version_group,
+)
 from maskbank.storage.store import MissingItemError, Store
 from maskbank.storage.versions import VersionInfo, get_version, list_versions
 from maskbank.tasks.export import (
@@ -89,7 +92,7 @@ def label_version(st: Store, version: str | None) -> VersionInfo:
 def version_classes(st: Store, info: VersionInfo) -> list[str]:
     """Class names of a version's label indices: its prototype bank's (predictions), else its datasets'."""
     for parent in info.parents:
-        if get_version(st, parent).kind == BANK:
+        if get_version(st, parent).kind in (BANK, SEGMENTER):
             return [str(c) for c in st.at_version(parent).read_array(version_group(parent), "class_name")]
     if not info.datasets:
         raise ExportError(f"version {info.id} names no dataset, so no class list")
@@ -214,6 +217,7 @@ class LabelReader:
         if len(masks) != len(labels):
             raise SkipImage(f"the version has {len(labels)} proposal labels but the image has {len(masks)} proposals")
         owner = paint_owner(masks, labels, scores, nms_iou=self.nms_iou)
-        if not np.array_equal(owner_labels(owner, labels, self.num_classes), label_map):
+        covered = masks.any(axis=0)  # pixels outside every proposal may have been filled by a segmentation head
+        if not np.array_equal(owner_labels(owner, labels, self.num_classes)[covered], label_map[covered]):
             raise SkipImage("its label map is not the painting of its proposals, so its pixels' proposals are unknown")
-        return Painting(owner, scores, masks.any(axis=0))
+        return Painting(owner, scores, covered)
