@@ -55,8 +55,9 @@ class SeedConfig:
     """Score of background; a class must beat it to claim a proposal."""
     saliency_weight: float = 1.0
     """Weight of the foreground prior's logit (0 disables it)."""
-    rounds: int = 2
-    """Refinement rounds against the current seeds of the other images."""
+    rounds: int = 6
+    """Refinement rounds against the current seeds of the other images (they converge by about 6: BENCHMARKS.md,
+    "Seeding ablations")."""
     top_per_class: int = 3
     """Seeds per class averaged when re-scoring (class-balanced: frequent classes get no extra votes)."""
     refine_weight: float = 1.0
