@@ -144,10 +144,10 @@ def _versions(store: Path, ref, keys: tuple[str, str], features: str | None, par
     if not params.segment.enabled:
         return {"seeds": seeds.id, "pseudo_labels": seeds.id, "seconds": seconds}
     t0 = time.perf_counter()
-    head = train_segmenter.fn(str(store), ref, seeds, pk, fk, params.segment, device=device)
+    head = train_segmenter.fn(str(store), ref, seeds, pk, fk, params.segment.config(), device=device)
     seconds["segmenter"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    filled = fill_pseudo_labels.fn(str(store), ref, seeds, head, pk, fk)
+    filled = fill_pseudo_labels.fn(str(store), ref, seeds, head, pk, fk, params.segment.arbitrate_below)
     seconds["fill"] = time.perf_counter() - t0
     return {"seeds": seeds.id, "pseudo_labels": filled.id, "seconds": seconds}
 

@@ -157,9 +157,11 @@ def label_images(
     pseudo, segmenter = seeds, None
     if p.segment.enabled:
         segmenter = checked(train_segmenter, version_complete, store=store, collection=labelled, labels_version=seeds,
-                            proposals_key=pk, features_key=fk, params=p.segment, device=device, verify=verify)
+                            proposals_key=pk, features_key=fk, config=p.segment.config(), device=device,
+                            verify=verify)
         pseudo = checked(fill_pseudo_labels, version_complete, store=store, collection=labelled, seeds_version=seeds,
-                         segmenter_version=segmenter, proposals_key=pk, features_key=fk, verify=verify)
+                         segmenter_version=segmenter, proposals_key=pk, features_key=fk,
+                         arbitrate_below=p.segment.arbitrate_below, verify=verify)
         clock.lap("segment")
     pseudo_eval = _evaluate(store, datasets, labelled, pseudo, verify)
     clock.lap("evaluate")

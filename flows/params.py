@@ -114,6 +114,7 @@ class SegmentParams(_Params):
     epochs: int = Field(_SEGMENTER.epochs, ge=1, description="Passes over the token sample.")
     learning_rate: float = Field(_SEGMENTER.learning_rate, gt=0, description="Peak learning rate (AdamW, one-cycle schedule).")
     weight_decay: float = Field(_SEGMENTER.weight_decay, ge=0, description="AdamW weight decay.")
+    arbitrate_below: float = Field(0.0, ge=0, le=1, description="Seeds whose confidence is below this take the head's label instead (its class of highest mean probability over the proposal, among the image's labels); 0: the head only fills (arbitrating helps MSRC-21 a little and hurts coco-tiny: BENCHMARKS.md, \"Second stage\").")
     max_tokens: int = Field(_SEGMENTER.max_tokens, ge=1, description="Patch tokens the head is trained on at most: a uniform sample of the labelled images' covered tokens, so memory and training time stay bounded however many images are labelled.")
 
     def config(self) -> SegmenterConfig:

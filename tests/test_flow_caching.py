@@ -274,3 +274,23 @@ def test_labelling_the_images_to_label_with_the_head_needs_the_head():
 
     with pytest.raises(ValidationError, match="set segment.enabled to true"):
         RunParams(segment=SegmentParams(enabled=False), retrieve=RetrieveParams(method="segmenter"))
+
+
+def test_arbitration_gives_the_least_confident_seeds_the_head_s_label(first_run, data):
+    from maskbank.flows.params import SegmentParams
+    from maskbank.storage.store import Store
+    from maskbank.storage.versions import get_version, read_version
+
+    store, _, _ = first_run
+    _, train, val = data
+    params = _light_params().model_copy(update={"segment": SegmentParams(arbitrate_below=1.0)})
+    summary, states = _run(train, val, store, params)
+    assert states["segmenter"] == {"Cached"} and states["fill"] == {"Completed"}
+    st = Store.open(store, create=False)
+    assert get_version(st, summary.pseudo_labels).params["arbitrate_below"] == 1.0
+    seeds, pseudo = read_version(st, summary.seeds).arrays, read_version(st, summary.pseudo_labels).arrays
+    unsure = seeds["proposal_score"] < 1.0  # every seed that was not the only class its proposal could take
+    assert unsure.any() and np.array_equal(seeds["proposal_image"], pseudo["proposal_image"])
+    sure = ~unsure
+    assert np.array_equal(pseudo["proposal_label"][sure], seeds["proposal_label"][sure])
+    assert not np.array_equal(pseudo["proposal_score"][unsure], seeds["proposal_score"][unsure])

@@ -1,8 +1,9 @@
 """Stage 4b, segment: the second stage (``tasks/segmenter.py``). A linear head trained on the seeds over the
 stored patch features, published as a ``segmenter`` version (its weights are the version's arrays); the
 pseudo-labels with the pixels no proposal covers filled by it (a ``pseudo_labels`` version whose parents are
-the seeds and the head); and, instead of retrieval, the images to label labelled by it (a ``predictions``
-version). Images are read a block at a time, so memory holds one block and the head's token sample."""
+the seeds and the head; with ``arbitrate_below``, the least confident seeds relabelled by it too); and,
+instead of retrieval, the images to label labelled by it (a ``predictions`` version). Images are read a
+block at a time, so memory holds one block and the head's token sample."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import dask
 import numpy as np
 
 from maskbank.flows.keys import code_version, digest
-from maskbank.flows.params import SegmentParams
 from maskbank.flows.progress import StageProgress
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.common import cached_task
@@ -22,7 +22,7 @@ from maskbank.storage.layout import PREDICTIONS, PSEUDO_LABELS, SEGMENTER
 from maskbank.storage.store import Store
 from maskbank.storage.versions import publish_version, read_version, version_exists, version_id
 from maskbank.tasks.segmenter import (
-    LinearHead, TokenSample, pixel_labels, proposal_votes, token_targets, train_head,
+    LinearHead, SegmenterConfig, TokenSample, pixel_labels, proposal_votes, token_targets, train_head,
 )
 from maskbank.tasks.models.device import resolve_device
 
@@ -65,14 +65,15 @@ def _version_rows(arrays: dict) -> tuple[list[str], list[slice]]:
 @cached_task("segmenter", MODULES)
 def train_segmenter(
     store: str, collection: DatasetRef, labels_version: VersionRef, proposals_key: str, features_key: str,
-    params: SegmentParams, device: str = "auto",
+    config: SegmenterConfig, device: str = "auto",
 ) -> VersionRef:
-    """Train the head on ``labels_version``'s per-proposal labels and confidences (its images' proposals
-    and patch features) and publish it as a ``segmenter`` version."""
+    """Train the head with ``config`` (``SegmentParams.config()``: the training settings alone, so that the
+    other settings of the stage leave it cached) on ``labels_version``'s per-proposal labels and confidences
+    (its images' proposals and patch features) and publish it as a ``segmenter`` version."""
     st = Store.open(store, create=False)
     seeds = read_version(st, labels_version.id).arrays
     keys, rows = _version_rows(seeds)
-    vparams = {"segment": asdict(params.config()), "background": collection.has_background,
+    vparams = {"segment": asdict(config), "background": collection.has_background,
                "proposals": proposals_key, "features": features_key}
     code = code_version(MODULES)
     vid = version_id(SEGMENTER, vparams, [labels_version.id], collection.fingerprints, code_version=code)
@@ -80,7 +81,6 @@ def train_segmenter(
         return VersionRef(store=store, id=vid, kind=SEGMENTER)
 
     row_of = {k: i for i, k in enumerate(collection.image_keys)}
-    config = params.config()
     sample = TokenSample(config.max_tokens, seed=config.seed)
     order = key_order(range(len(keys)), keys)
     with StageProgress("segmenter", len(keys), what="labelled images read for the head") as progress:
@@ -111,15 +111,16 @@ def load_head(st: Store, segmenter_version: str) -> tuple[LinearHead, list[str]]
 @cached_task("fill", MODULES)
 def fill_pseudo_labels(
     store: str, collection: DatasetRef, seeds_version: VersionRef, segmenter_version: VersionRef,
-    proposals_key: str, features_key: str,
+    proposals_key: str, features_key: str, arbitrate_below: float = 0.0,
 ) -> VersionRef:
     """The seeds' label maps with every pixel no proposal covers labelled by the head among the image's
-    labels (and background where it is a class); the per-proposal labels and scores are the seeds'."""
+    labels (and background where it is a class). The per-proposal labels and scores are the seeds', except
+    that a seed of confidence below ``arbitrate_below`` takes the head's vote and its mean probability."""
     st = Store.open(store, create=False)
     seeds = read_version(st, seeds_version.id).arrays
     keys, rows = _version_rows(seeds)
-    vparams = {"fill": "segmenter", "background": collection.has_background, "proposals": proposals_key,
-               "features": features_key, "images": digest(keys)}
+    vparams = {"fill": "segmenter", "arbitrate_below": arbitrate_below, "background": collection.has_background,
+               "proposals": proposals_key, "features": features_key, "images": digest(keys)}
     code = code_version(MODULES)
     parents = [seeds_version.id, segmenter_version.id]
     vid = version_id(PSEUDO_LABELS, vparams, parents, collection.fingerprints, code_version=code)
@@ -131,11 +132,18 @@ def fill_pseudo_labels(
     out = LabelVersionWriter(st, PSEUDO_LABELS, vid, proposals_key, len(collection.class_names), nms_iou=None,
                              class_names=collection.class_names)
     with StageProgress("fill", len(keys), what="pseudo-label maps filled") as progress:
-        for i, (masks, features, geometry, _) in _read_blocks(st, proposals_key, features_key, keys):
+        for i, (masks, features, geometry, cover) in _read_blocks(st, proposals_key, features_key, keys):
             labels = collection.labels[row_of[keys[i]]]
-            fill, _ = pixel_labels(head, features, geometry, _allowed(labels or [], collection.has_background))
-            out.add(keys[i], collection.image_ids[row_of[keys[i]]], seeds["proposal_label"][rows[i]],
-                    seeds["proposal_score"][rows[i]], labels, masks=masks, fill=fill)
+            allowed = _allowed(labels or [], collection.has_background)
+            fill, _ = pixel_labels(head, features, geometry, allowed)
+            seed_labels, seed_scores = seeds["proposal_label"][rows[i]], seeds["proposal_score"][rows[i]]
+            unsure = seed_scores < arbitrate_below
+            if unsure.any():
+                votes, vote_scores = proposal_votes(head, features, cover[unsure], allowed)
+                seed_labels, seed_scores = seed_labels.copy(), seed_scores.copy()
+                seed_labels[unsure], seed_scores[unsure] = votes, vote_scores
+            out.add(keys[i], collection.image_ids[row_of[keys[i]]], seed_labels, seed_scores, labels, masks=masks,
+                    fill=fill)
             progress.advance(1)
     evidence = (seeds_version.metrics or {}).get(EVIDENCE)
     out.publish(vparams, parents, collection.fingerprints, code, metrics={EVIDENCE: evidence} if evidence else None)
