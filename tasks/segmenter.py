@@ -20,8 +20,8 @@ apart rather than to guess them.
 
 **Bounded.** Training takes a uniform sample of at most ``max_tokens`` tokens of the collection: each token
 draws a fixed random priority (seeded by its image's content key, so the sample does not depend on the
-order the images come in) and the lowest priorities are kept, a reservoir that holds at most twice the cap
-at any time. Reading the tokens grows linearly with the collection; memory and the training steps do not
+order the images come in) and the lowest priorities are kept, a reservoir that holds at most 1.25 times
+the cap (and one image) between shrinks. Reading the tokens grows linearly with the collection; memory and the training steps do not
 grow past the cap.
 """
 
@@ -137,7 +137,7 @@ class TokenSample:
         self._parts.append((prio, tokens[keep].astype(np.float16), np.asarray(labels, np.int64)[keep],
                             np.asarray(weights, np.float32)[keep], np.full(len(keep), slot, np.int64)))
         self._held += len(keep)
-        if self._held > 2 * self.max_tokens:
+        if self._held > self.max_tokens + max(self.max_tokens // 4, 1):
             self._shrink()
 
     def _shrink(self) -> None:
@@ -182,7 +182,11 @@ def train_head(
     allowed_mask = np.zeros((len(allowed), num_classes), bool)
     for i, a in enumerate(allowed):
         allowed_mask[i, a] = True
-    x = torch.from_numpy(l2_normalize(tokens.astype(np.float32))).to(device)
+    x = tokens.astype(np.float32)  # normalised in place: the sample is the largest thing training holds
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x /= np.maximum(norms, 1e-12)
+    x[norms[:, 0] < 1e-12] = 0.0
+    x = torch.from_numpy(x).to(device)
     y = torch.from_numpy(labels).to(device)
     w = torch.from_numpy(weights).to(device)
     img = torch.from_numpy(image).to(device)
