@@ -83,6 +83,22 @@ class LinearHead:
         return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def allowed_classes(labels: Sequence[int] | None, background: bool) -> list[int] | None:
+    """The classes a labelled image's pixels may take: its ``labels``, and background (0) where the class list
+    has one; None (every class) for an image without labels."""
+    if labels is None:
+        return None
+    return sorted({0, *labels}) if background else sorted(labels)
+
+
+def proposal_cover(geometry: PatchGeometry, masks: np.ndarray) -> np.ndarray:
+    """``[N, T]`` float32: the fraction of each of the grid's ``T`` token cells each of ``[N, H, W]`` masks
+    covers (the weights soft-masked pooling gives the tokens)."""
+    if not len(masks):
+        return np.zeros((0, geometry.grid_hw[0] * geometry.grid_hw[1]), np.float32)
+    return np.stack([geometry.patch_weights(m).reshape(-1) for m in masks]).astype(np.float32)
+
+
 def token_targets(cover: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(label int32 [T], weight float32 [T])`` of a token grid's ``T`` tokens from its proposals: ``cover``
     ``[N, T]`` (the fraction of each token's cell each proposal covers), their ``labels`` ``[N]`` (negative:

@@ -135,3 +135,18 @@ def test_pixel_labels_cover_the_image_and_handle_many_classes(monkeypatch):
     chunked, p_chunked = pixel_labels(head, features, geometry)
     assert whole.shape == (30, 27) and np.array_equal(whole, chunked)
     np.testing.assert_allclose(p_whole, p_chunked, rtol=1e-6)
+
+
+def test_allowed_classes_and_proposal_cover():
+    from maskbank.tasks.segmenter import allowed_classes, proposal_cover
+
+    assert allowed_classes([3, 1], background=True) == [0, 1, 3]
+    assert allowed_classes([3, 1], background=False) == [1, 3]
+    assert allowed_classes(None, background=True) is None
+    geometry = PatchGeometry((8, 12), (8, 12), 4, (2, 3))
+    masks = np.zeros((2, 8, 12), bool)
+    masks[0, :4, :4] = True  # the first cell whole
+    masks[1, 4:, :2] = True  # half of the fourth
+    cover = proposal_cover(geometry, masks)
+    np.testing.assert_allclose(cover, [[1, 0, 0, 0, 0, 0], [0, 0, 0, 0.5, 0, 0]])
+    assert proposal_cover(geometry, masks[:0]).shape == (0, 6)

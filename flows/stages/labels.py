@@ -51,6 +51,14 @@ def blocks(n: int, size: int) -> list[range]:
     return [range(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+def proposal_rows(arrays: Mapping[str, np.ndarray]) -> tuple[list[str], list[slice]]:
+    """A label version's image keys (its ``image_key`` array, as :class:`LabelVersionWriter` publishes it) and
+    the slice of its per-proposal arrays that each image's proposals take."""
+    keys = [str(k) for k in arrays["image_key"]]
+    bounds = np.searchsorted(arrays["proposal_image"], np.arange(len(keys) + 1))
+    return keys, [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def coverage_of(ref: VersionRef) -> dict | None:
     """A label version's looks-wrong counts, as its reference carries them (None for a version without)."""
     return (ref.metrics or {}).get(COVERAGE)

@@ -17,12 +17,15 @@ from maskbank.flows.keys import code_version, digest
 from maskbank.flows.progress import StageProgress
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.common import cached_task
-from maskbank.flows.stages.labels import EVIDENCE, LabelVersionWriter, blocks, key_order, label_version_ref
+from maskbank.flows.stages.labels import (
+    EVIDENCE, LabelVersionWriter, blocks, key_order, label_version_ref, proposal_rows,
+)
 from maskbank.storage.layout import PREDICTIONS, PSEUDO_LABELS, SEGMENTER
 from maskbank.storage.store import Store
 from maskbank.storage.versions import publish_version, read_version, version_exists, version_id
 from maskbank.tasks.segmenter import (
-    LinearHead, SegmenterConfig, TokenSample, pixel_labels, proposal_votes, token_targets, train_head,
+    LinearHead, SegmenterConfig, TokenSample, allowed_classes, pixel_labels, proposal_cover, proposal_votes,
+    token_targets, train_head,
 )
 from maskbank.tasks.models.device import resolve_device
 
@@ -32,20 +35,11 @@ BLOCK_IMAGES = 64
 """Images read at once (their masks and patch features are in memory together)."""
 
 
-def _allowed(labels: Sequence[int] | None, background: bool) -> list[int] | None:
-    """The classes a labelled image's pixels may take: its labels, and background where it is a class."""
-    if labels is None:
-        return None
-    return sorted({0, *labels}) if background else sorted(labels)
-
-
 def _read(st: Store, proposals_key: str, features_key: str, image_key: str):
     """One image's proposal masks, patch features, geometry and each proposal's cover of each token."""
     masks = st.read_proposals(proposals_key, image_key).masks()
     features, geometry = st.read_features(features_key, image_key)
-    cover = np.stack([geometry.patch_weights(m).reshape(-1) for m in masks]) if len(masks) else \
-        np.zeros((0, geometry.grid_hw[0] * geometry.grid_hw[1]), np.float32)
-    return masks, features, geometry, cover
+    return masks, features, geometry, proposal_cover(geometry, masks)
 
 
 def _read_blocks(st: Store, proposals_key: str, features_key: str, keys: Sequence[str]):
@@ -53,13 +47,6 @@ def _read_blocks(st: Store, proposals_key: str, features_key: str, keys: Sequenc
     for block in blocks(len(keys), BLOCK_IMAGES):
         parts = [dask.delayed(_read)(st, proposals_key, features_key, keys[j]) for j in block]
         yield from zip(block, dask.compute(*parts, scheduler="threads"))
-
-
-def _version_rows(arrays: dict) -> tuple[list[str], list[slice]]:
-    """A label version's image keys and the slice of its per-proposal arrays each image's proposals take."""
-    keys = [str(k) for k in arrays["image_key"]]
-    bounds = np.searchsorted(arrays["proposal_image"], np.arange(len(keys) + 1))
-    return keys, [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 @cached_task("segmenter", MODULES)
@@ -72,7 +59,7 @@ def train_segmenter(
     (its images' proposals and patch features) and publish it as a ``segmenter`` version."""
     st = Store.open(store, create=False)
     seeds = read_version(st, labels_version.id).arrays
-    keys, rows = _version_rows(seeds)
+    keys, rows = proposal_rows(seeds)
     vparams = {"segment": asdict(config), "background": collection.has_background,
                "proposals": proposals_key, "features": features_key}
     code = code_version(MODULES)
@@ -87,7 +74,7 @@ def train_segmenter(
         for j, (_, features, _, cover) in _read_blocks(st, proposals_key, features_key, [keys[i] for i in order]):
             i = order[j]
             labels, weights = token_targets(cover, seeds["proposal_label"][rows[i]], seeds["proposal_score"][rows[i]])
-            allowed = _allowed(collection.labels[row_of[keys[i]]] or [], collection.has_background)
+            allowed = allowed_classes(collection.labels[row_of[keys[i]]] or [], collection.has_background)
             sample.add(keys[i], features.reshape(len(labels), -1), labels, weights, allowed)
             progress.advance(1)
     num_classes = len(collection.class_names)
@@ -118,7 +105,7 @@ def fill_pseudo_labels(
     that a seed of confidence below ``arbitrate_below`` takes the head's vote and its mean probability."""
     st = Store.open(store, create=False)
     seeds = read_version(st, seeds_version.id).arrays
-    keys, rows = _version_rows(seeds)
+    keys, rows = proposal_rows(seeds)
     vparams = {"fill": "segmenter", "arbitrate_below": arbitrate_below, "background": collection.has_background,
                "proposals": proposals_key, "features": features_key, "images": digest(keys)}
     code = code_version(MODULES)
@@ -134,7 +121,7 @@ def fill_pseudo_labels(
     with StageProgress("fill", len(keys), what="pseudo-label maps filled") as progress:
         for i, (masks, features, geometry, cover) in _read_blocks(st, proposals_key, features_key, keys):
             labels = collection.labels[row_of[keys[i]]]
-            allowed = _allowed(labels or [], collection.has_background)
+            allowed = allowed_classes(labels or [], collection.has_background)
             fill, _ = pixel_labels(head, features, geometry, allowed)
             seed_labels, seed_scores = seeds["proposal_label"][rows[i]], seeds["proposal_score"][rows[i]]
             unsure = seed_scores < arbitrate_below
