@@ -117,7 +117,7 @@ def demo(prefect_harness, workdir):
 
 def test_demo_labels_the_sample_and_scores_it(demo):
     versions, evaluations = demo["versions"], demo["evaluations"]
-    assert set(versions) == {"pseudo_labels", "bank", "predictions"}
+    assert set(versions) == {"pseudo_labels", "segmenter", "bank", "predictions"}  # pseudo_labels: the newest, filled
     for kind, images in (("pseudo_labels", 12), ("predictions", 6)):
         metrics = evaluations[versions[kind].id].metrics
         assert metrics["images"] == images, kind

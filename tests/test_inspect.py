@@ -561,7 +561,7 @@ def test_versions_list_shows_tags_and_refuses_unknown_kinds(built):
         (built.pred_a, f"predictions.{built.pred_a}"), (built.pred_b, f"predictions.{built.pred_b}")]
     out = _cli("versions", "list", built.path, "--kind", "prediction")
     assert out.exit_code == 2
-    assert out.output == "error: unknown version kind 'prediction'; kinds are pseudo_labels, bank, predictions, evaluation\n"
+    assert out.output == "error: unknown version kind 'prediction'; kinds are pseudo_labels, segmenter, bank, predictions, evaluation\n"
 
 
 def test_versions_and_inspect_describe_datasets_settings_and_prototypes(built):

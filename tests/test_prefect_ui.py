@@ -262,12 +262,13 @@ def test_run_completes_with_report_and_iou_table(label_run):
     from maskbank.storage.versions import list_versions
 
     arts = label_run["artifacts"]
-    assert {"maskbank-report", "maskbank-class-iou", "progress-propose", "progress-embed", "progress-pool"} <= set(arts)
-    assert all(arts[f"progress-{s}"].data == 100.0 for s in ("propose", "embed", "pool"))
+    stages = ("propose", "embed", "pool", "seed", "segmenter", "segmenter-train", "fill")
+    assert {"maskbank-report", "maskbank-class-iou", *(f"progress-{s}" for s in stages)} <= set(arts)
+    assert all(arts[f"progress-{s}"].data == 100.0 for s in stages)
     report = arts["maskbank-report"].data
-    versions = {v.kind: v for v in list_versions(Store.open(label_run["store"], create=False))}
-    assert set(versions) == {"pseudo_labels", "bank", "predictions", "evaluation"}
-    for kind in ("pseudo_labels", "bank", "predictions"):
+    versions = {v.kind: v for v in list_versions(Store.open(label_run["store"], create=False))}  # the newest of each
+    assert set(versions) == {"pseudo_labels", "segmenter", "bank", "predictions", "evaluation"}
+    for kind in ("pseudo_labels", "segmenter", "bank", "predictions"):
         assert f"`{versions[kind].id}`" in report
     assert f"`{label_run['store']}`" in report
     assert "| propose | 4 of 4 |" in report and "| pool | 4 of 4 |" in report
