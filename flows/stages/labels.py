@@ -46,6 +46,13 @@ def key_order(rows: Sequence[int], image_keys: Sequence[str]) -> list[int]:
     return sorted(rows, key=lambda i: image_keys[i])
 
 
+def unskipped(rows: Sequence[int], image_keys: Sequence[str], skip: Sequence[str] | None) -> list[int]:
+    """``rows`` (positions in ``image_keys``) whose image is not in ``skip`` (the images the per-image stages
+    could not process), in content-key order (:func:`key_order`)."""
+    skipped = set(skip or ())
+    return key_order([i for i in rows if image_keys[i] not in skipped], image_keys)
+
+
 def blocks(n: int, size: int) -> list[range]:
     """Consecutive ranges of ``size`` positions over ``n``."""
     return [range(s, min(s + size, n)) for s in range(0, n, size)]

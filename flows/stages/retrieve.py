@@ -13,7 +13,7 @@ from maskbank.flows.params import RetrieveParams
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.bank import load_bank
 from maskbank.flows.stages.common import cached_task
-from maskbank.flows.stages.labels import LabelVersionWriter, blocks, key_order, label_version_ref, pooled_reader
+from maskbank.flows.stages.labels import LabelVersionWriter, blocks, label_version_ref, pooled_reader, unskipped
 from maskbank.storage.layout import POOLED, PREDICTIONS
 from maskbank.storage.store import Store
 from maskbank.storage.versions import version_exists, version_id
@@ -38,10 +38,8 @@ def retrieve(
     The reference carries the version's metrics: what looks wrong in the maps of the targets that have
     image labels (when their class list is the bank's), against those labels."""
     st = Store.open(store, create=False)
-    rows = [i for i in range(len(targets.image_keys)) if targets.image_keys[i] not in set(skip or ())]
-    if restrict:
-        rows = [i for i in rows if targets.labels[i] is not None]
-    rows = key_order(rows, targets.image_keys)
+    rows = unskipped(targets.labelled_indices() if restrict else range(len(targets.image_keys)),
+                     targets.image_keys, skip)
     keys = [targets.image_keys[i] for i in rows]
     vparams = {"retrieve": params.model_dump(), "restrict": restrict, "proposals": proposals_key,
                "pooled": pooled_key, "images": digest(keys)}

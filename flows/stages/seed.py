@@ -10,7 +10,7 @@ from maskbank.flows.params import SeedParams
 from maskbank.flows.progress import StageProgress
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.common import cached_task
-from maskbank.flows.stages.labels import EVIDENCE, LabelVersionWriter, key_order, label_version_ref, pooled_reader
+from maskbank.flows.stages.labels import EVIDENCE, LabelVersionWriter, label_version_ref, pooled_reader, unskipped
 from maskbank.storage.layout import POOLED, PSEUDO_LABELS
 from maskbank.storage.store import Store
 from maskbank.storage.versions import version_exists, version_id
@@ -33,8 +33,7 @@ def seed_collection(
 
     The reference carries the version's metrics: what looks wrong in its maps against the image labels."""
     st = Store.open(store, create=False)
-    rows = [i for i in collection.labelled_indices() if collection.image_keys[i] not in set(skip or ())]
-    rows = key_order(rows, collection.image_keys)
+    rows = unskipped(collection.labelled_indices(), collection.image_keys, skip)
     keys = [collection.image_keys[i] for i in rows]
     vparams = {"seed": params.model_dump(), "background": collection.has_background, "proposals": proposals_key,
                "pooled": pooled_key, "images": digest(keys)}

@@ -18,7 +18,7 @@ from maskbank.flows.progress import StageProgress
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.common import cached_task
 from maskbank.flows.stages.labels import (
-    EVIDENCE, LabelVersionWriter, blocks, key_order, label_version_ref, proposal_rows,
+    EVIDENCE, LabelVersionWriter, blocks, key_order, label_version_ref, proposal_rows, unskipped,
 )
 from maskbank.storage.layout import PREDICTIONS, PSEUDO_LABELS, SEGMENTER
 from maskbank.storage.store import Store
@@ -146,8 +146,7 @@ def segment_targets(
     probability (its score), pixels no proposal covers the head's class. ``background``: whether the
     head's class list has a background class (else its placeholder class 0 is never predicted)."""
     st = Store.open(store, create=False)
-    rows = key_order([i for i in range(len(targets.image_keys)) if targets.image_keys[i] not in set(skip or ())],
-                     targets.image_keys)
+    rows = unskipped(range(len(targets.image_keys)), targets.image_keys, skip)
     keys = [targets.image_keys[i] for i in rows]
     vparams = {"segment_targets": True, "background": background, "proposals": proposals_key,
                "features": features_key, "images": digest(keys)}
