@@ -171,8 +171,8 @@ def label_images(
     predictions = pred_eval = None
     if target is not None and p.retrieve.method == "segmenter":
         predictions = checked(segment_targets, version_complete, store=store, targets=target,
-                              segmenter_version=segmenter, background=labelled.has_background, proposals_key=pk,
-                              features_key=fk, skip=skip, verify=verify)
+                              segmenter_version=segmenter, proposals_key=pk, features_key=fk, skip=skip,
+                              verify=verify)
         clock.lap("segment")
     elif target is not None:
         predictions = checked(retrieve, version_complete, store=store, targets=target, bank_version=bank,

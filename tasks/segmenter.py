@@ -83,6 +83,11 @@ class LinearHead:
         return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def _classes(head: LinearHead, allowed: Sequence[int] | None) -> np.ndarray:
+    """The head's classes among ``allowed`` (sorted, distinct), or all of them when None."""
+    return np.arange(head.num_classes) if allowed is None else np.unique(np.asarray(allowed, np.int64))
+
+
 def allowed_classes(labels: Sequence[int] | None, background: bool) -> list[int] | None:
     """The classes a labelled image's pixels may take: its ``labels``, and background (0) where the class list
     has one; None (every class) for an image without labels."""
@@ -243,7 +248,7 @@ def pixel_labels(head: LinearHead, features: np.ndarray, geometry: PatchGeometry
     """``(labels int64 [H, W], probability float32 [H, W])``: the head's class of each pixel of the image and
     its probability, among the ``allowed`` classes (all when None). Probabilities are computed per token and
     upsampled bilinearly to the image, ``UPSAMPLE_CHANNELS`` classes at a time."""
-    classes = np.arange(head.num_classes) if allowed is None else np.unique(np.asarray(allowed, np.int64))
+    classes = _classes(head, allowed)
     probs = head.probabilities(features, classes).reshape(*geometry.grid_hw, len(classes))
     best = np.zeros(geometry.image_hw, np.int64)
     best_p = np.full(geometry.image_hw, -1.0, np.float32)
@@ -262,7 +267,7 @@ def proposal_votes(head: LinearHead, features: np.ndarray, cover: np.ndarray,
     """``(labels int32 [N], scores float32 [N])``: each proposal's class of highest mean head probability over
     its cells (weighted by its ``cover`` ``[N, T]`` of each token, as pooling weighs them) among ``allowed``
     (all when None), and that mean probability."""
-    classes = np.arange(head.num_classes) if allowed is None else np.unique(np.asarray(allowed, np.int64))
+    classes = _classes(head, allowed)
     if not len(cover):
         return np.zeros(0, np.int32), np.zeros(0, np.float32)
     cover = np.asarray(cover, np.float32).reshape(len(cover), -1)

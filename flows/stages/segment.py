@@ -22,7 +22,7 @@ from maskbank.flows.stages.labels import (
 )
 from maskbank.storage.layout import PREDICTIONS, PSEUDO_LABELS, SEGMENTER
 from maskbank.storage.store import Store
-from maskbank.storage.versions import publish_version, read_version, version_exists, version_id
+from maskbank.storage.versions import get_version, publish_version, read_version, version_exists, version_id
 from maskbank.tasks.segmenter import (
     LinearHead, SegmenterConfig, TokenSample, allowed_classes, pixel_labels, proposal_cover, proposal_votes,
     token_targets, train_head,
@@ -35,17 +35,19 @@ BLOCK_IMAGES = 64
 """Images read at once (their masks and patch features are in memory together)."""
 
 
-def _read(st: Store, proposals_key: str, features_key: str, image_key: str):
-    """One image's proposal masks, patch features, geometry and each proposal's cover of each token."""
+def _read(st: Store, proposals_key: str, features_key: str, image_key: str, cover: bool):
+    """One image's proposal masks, patch features, geometry and (with ``cover``, else None) each proposal's
+    cover of each token."""
     masks = st.read_proposals(proposals_key, image_key).masks()
     features, geometry = st.read_features(features_key, image_key)
-    return masks, features, geometry, proposal_cover(geometry, masks)
+    return masks, features, geometry, proposal_cover(geometry, masks) if cover else None
 
 
-def _read_blocks(st: Store, proposals_key: str, features_key: str, keys: Sequence[str]):
-    """``(position, (masks, features, geometry, cover))`` of every image of ``keys``, read a block at a time."""
+def _read_blocks(st: Store, proposals_key: str, features_key: str, keys: Sequence[str], cover: bool = True):
+    """``(position, (masks, features, geometry, cover))`` of every image of ``keys``, read a block at a time
+    (``cover``: whether the proposals' cover of the tokens is needed)."""
     for block in blocks(len(keys), BLOCK_IMAGES):
-        parts = [dask.delayed(_read)(st, proposals_key, features_key, keys[j]) for j in block]
+        parts = [dask.delayed(_read)(st, proposals_key, features_key, keys[j], cover) for j in block]
         yield from zip(block, dask.compute(*parts, scheduler="threads"))
 
 
@@ -89,10 +91,11 @@ def train_segmenter(
     return VersionRef(store=store, id=info.id, kind=SEGMENTER)
 
 
-def load_head(st: Store, segmenter_version: str) -> tuple[LinearHead, list[str]]:
-    """A ``segmenter`` version's head and class names."""
+def load_head(st: Store, segmenter_version: str) -> tuple[LinearHead, list[str], bool]:
+    """A ``segmenter`` version's head, class names and whether they have a background class."""
     a = read_version(st, segmenter_version).arrays
-    return LinearHead(np.asarray(a["weight"], np.float32), np.asarray(a["bias"], np.float32)), [str(c) for c in a["class_name"]]
+    head = LinearHead(np.asarray(a["weight"], np.float32), np.asarray(a["bias"], np.float32))
+    return head, [str(c) for c in a["class_name"]], bool(get_version(st, segmenter_version).params["background"])
 
 
 @cached_task("fill", MODULES)
@@ -114,12 +117,13 @@ def fill_pseudo_labels(
     if version_exists(st, vid) and not st.label_maps_missing(vid, keys):
         return label_version_ref(st, store, PSEUDO_LABELS, vid)
 
-    head, _ = load_head(st, segmenter_version.id)
+    head, _, _ = load_head(st, segmenter_version.id)
     row_of = {k: i for i, k in enumerate(collection.image_keys)}
     out = LabelVersionWriter(st, PSEUDO_LABELS, vid, proposals_key, len(collection.class_names), nms_iou=None,
                              class_names=collection.class_names)
     with StageProgress("fill", len(keys), what="pseudo-label maps filled") as progress:
-        for i, (masks, features, geometry, cover) in _read_blocks(st, proposals_key, features_key, keys):
+        for i, (masks, features, geometry, cover) in _read_blocks(st, proposals_key, features_key, keys,
+                                                                  cover=arbitrate_below > 0):
             labels = collection.labels[row_of[keys[i]]]
             allowed = allowed_classes(labels or [], collection.has_background)
             fill, _ = pixel_labels(head, features, geometry, allowed)
@@ -139,13 +143,14 @@ def fill_pseudo_labels(
 
 @cached_task("segment", MODULES)
 def segment_targets(
-    store: str, targets: DatasetRef, segmenter_version: VersionRef, background: bool, proposals_key: str,
-    features_key: str, skip: list[str] | None = None,
+    store: str, targets: DatasetRef, segmenter_version: VersionRef, proposals_key: str, features_key: str,
+    skip: list[str] | None = None,
 ) -> VersionRef:
     """Label the target images with the head alone: each proposal takes its class of highest mean
-    probability (its score), pixels no proposal covers the head's class. ``background``: whether the
-    head's class list has a background class (else its placeholder class 0 is never predicted)."""
+    probability (its score), pixels no proposal covers the head's class (never class 0 where the head's
+    class list has no background, which makes it a placeholder)."""
     st = Store.open(store, create=False)
+    head, class_names, background = load_head(st, segmenter_version.id)
     rows = unskipped(range(len(targets.image_keys)), targets.image_keys, skip)
     keys = [targets.image_keys[i] for i in rows]
     vparams = {"segment_targets": True, "background": background, "proposals": proposals_key,
@@ -155,7 +160,6 @@ def segment_targets(
     if version_exists(st, vid) and not st.label_maps_missing(vid, keys):
         return label_version_ref(st, store, PREDICTIONS, vid)
 
-    head, class_names = load_head(st, segmenter_version.id)
     classes = list(range(0 if background else 1, head.num_classes))
     same_classes = list(targets.class_names) == class_names
     out = LabelVersionWriter(st, PREDICTIONS, vid, proposals_key, head.num_classes, nms_iou=None,
