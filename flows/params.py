@@ -117,6 +117,11 @@ class SegmentParams(_Params):
     arbitrate_below: float = Field(0.0, ge=0, le=1, description="Seeds whose confidence is below this take the head's label instead (its class of highest mean probability over the proposal, among the image's labels); 0: the head only fills (arbitrating helps MSRC-21 a little and hurts coco-tiny: BENCHMARKS.md, \"Second stage\").")
     max_tokens: int = Field(_SEGMENTER.max_tokens, ge=1, description="Patch tokens the head is trained on at most: a uniform sample of the labelled images' covered tokens, so memory and training time stay bounded however many images are labelled.")
 
+    @model_validator(mode="after")
+    def _settings_act(self) -> "SegmentParams":
+        _refuse_unused(self, not self.enabled, "segment.enabled is false", ("enabled",))
+        return self
+
     def config(self) -> SegmenterConfig:
         """The training settings."""
         return SegmenterConfig(epochs=self.epochs, learning_rate=self.learning_rate, weight_decay=self.weight_decay,
@@ -143,6 +148,23 @@ class RetrieveParams(_Params):
     k: int = Field(DEFAULT_K["majority"], ge=1, description="Neighbours of the 'majority' and 'knn_weighted' rules (ModuSeg: 25).")
     k_per_class: int = Field(DEFAULT_K["class_balanced"], ge=1, description="Prototypes averaged per class by 'class_balanced'.")
     nms_iou: float = Field(0.4, ge=0, le=1, description="Per-class mask NMS before painting (ModuSeg: 0.4).")
+
+    @model_validator(mode="after")
+    def _settings_act(self) -> "RetrieveParams":
+        _refuse_unused(self, self.method == "segmenter", "retrieve.method is 'segmenter' (they set the bank's "
+                       "retrieval)", ("method",))
+        return self
+
+
+def _refuse_unused(params: _Params, unused: bool, why: str, keep: tuple[str, ...]) -> None:
+    """A ValueError naming the fields of ``params`` (but ``keep``) set away from their defaults while ``unused``
+    says they have no effect, so that no setting is silently ignored."""
+    if not unused:
+        return
+    changed = [name for name, f in type(params).model_fields.items()
+               if name not in keep and getattr(params, name) != f.default]
+    if changed:
+        raise ValueError(f"{', '.join(changed)} would have no effect: {why}")
 
 
 class RunParams(_Params):

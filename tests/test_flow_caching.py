@@ -294,3 +294,18 @@ def test_arbitration_gives_the_least_confident_seeds_the_head_s_label(first_run,
     sure = ~unsure
     assert np.array_equal(pseudo["proposal_label"][sure], seeds["proposal_label"][sure])
     assert not np.array_equal(pseudo["proposal_score"][unsure], seeds["proposal_score"][unsure])
+
+
+def test_settings_without_effect_are_refused():
+    """Settings of the bank's retrieval with the head labelling new images, or of the head when it is off,
+    would be silently ignored: they are refused, naming them."""
+    from pydantic import ValidationError
+
+    from maskbank.flows.params import RetrieveParams, SegmentParams
+
+    with pytest.raises(ValidationError, match=r"k, nms_iou would have no effect: retrieve.method is 'segmenter'"):
+        RetrieveParams(method="segmenter", k=5, nms_iou=0.5)
+    with pytest.raises(ValidationError, match=r"epochs, arbitrate_below would have no effect: segment.enabled is false"):
+        SegmentParams(enabled=False, epochs=3, arbitrate_below=0.2)
+    assert RetrieveParams(method="segmenter", k=RetrieveParams().k).method == "segmenter"  # defaults, as a form sends
+    assert RetrieveParams(k=5).k == 5 and SegmentParams(epochs=3).epochs == 3
