@@ -50,7 +50,7 @@ def stored_keys(store: Path, data: Path, proposals: str | None, pooled: str | No
 
     run = label_images(datasets=[DatasetInput(path=str(data))], store=str(store), params=params, device=device)
     pk = proposals_key(params.propose)
-    return pk, pooled_key(pk, features_key(params.embed)), {k for k, _ in run.skipped}
+    return pk, pooled_key(pk, features_key(params.embed), params.pool), {k for k, _ in run.skipped}
 
 
 def class_rows(images: list, names: list[str], params: RunParams, device, background: bool) -> list[dict]:

@@ -423,7 +423,7 @@ def evaluate_setting(store: Path, train: DatasetInput, val: DatasetInput, params
     st = Store.open(store, create=False)
     pk, fk = proposals_key(params.propose), features_key(params.embed)
     skip = {k for r in runs.values() for k, _ in r.skipped} | set(extra_skips)
-    tr, va = (load_split(st, d, pk, pooled_key(pk, fk), skip) for d in (train, val))
+    tr, va = (load_split(st, d, pk, pooled_key(pk, fk, params.pool), skip) for d in (train, val))
     names = tr.ref.class_names
     labelled = tr.images + va.images
     gt = BankImages(st, fk, tr.images, [im.truth for im in tr.images], names)

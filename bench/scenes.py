@@ -16,8 +16,10 @@ labels), then, on the same proposals and features:
                            classes have one): the seeds' ceiling; the filled pseudo-labels can pass it
 
 ``--proposals KEY --pooled KEY`` reads proposals and features a store already holds instead of running the
-flow (``--features KEY`` where the pooled group does not record its features key); the seed, head and fill
-stages' own functions then make the versions outside a flow run. mIoU (without a background class, the unused
+flow (``--features KEY`` where the pooled group does not record its features key); ``--proposals KEY
+--features KEY`` alone pools them first with the pool stage's own function and the parameters' ``pool``
+settings (mask attention, for one). The seed, head and fill stages' own functions then make the versions
+outside a flow run. mIoU (without a background class, the unused
 placeholder 0 is left out of the means; a pixel left unlabelled counts against its true class), pixel accuracy,
 mean class accuracy (per-class recall, the metric of the classic MSRC-21 papers), per-class IoU, proposals per
 image and the share of counted pixels inside a proposal. ``checks``: seeding again in-process reproduces the
@@ -74,7 +76,7 @@ def scene_rows(store: Path, data: Path, params: RunParams, device: str, keys: tu
 
         run = label_images(datasets=[dataset], store=str(store), params=params, device=device)
         pk = proposals_key(params.propose)
-        keys, skipped = (pk, pooled_key(pk, features_key(params.embed))), {k for k, _ in run.skipped}
+        keys, skipped = (pk, pooled_key(pk, features_key(params.embed), params.pool)), {k for k, _ in run.skipped}
     else:
         run, skipped = None, set()
     st = Store.open(store, create=False)
@@ -152,6 +154,26 @@ def _versions(store: Path, ref, keys: tuple[str, str], features: str | None, par
     return {"seeds": seeds.id, "pseudo_labels": filled.id, "seconds": seconds}
 
 
+def pool_stored(store: Path, data: Path, proposals: str, features: str, params: RunParams, device: str) -> str:
+    """Pool the stored ``proposals`` and ``features`` of ``data``'s images with the pool stage's own function and
+    ``params.pool`` (outside a flow run; nothing is done for images the pooled group already holds); its key.
+    ``params.embed`` must be what made ``features`` where the pool settings make features again."""
+    from maskbank.flows.stages.common import jobs_of
+    from maskbank.flows.stages.ingest import ingest
+    from maskbank.flows.stages.pool import pool_shard, pooled_key
+
+    import time
+
+    key = pooled_key(proposals, features, params.pool)
+    jobs = jobs_of(ingest.fn(DatasetInput(path=str(data)), str(store)))
+    t0 = time.perf_counter()
+    for start in range(0, len(jobs), params.shard_size):
+        pool_shard.fn(str(store), key, jobs[start : start + params.shard_size], proposals, features, params.pool,
+                      params.embed, device=device)
+    print(f"pooled {len(jobs)} images of {data.name} into {key} in {time.perf_counter() - t0:.1f} s", flush=True)
+    return key
+
+
 def _check(value: float, reference: float) -> dict:
     return {"value": value, "reference": reference, "ok": bool(abs(value - reference) <= TOLERANCE)}
 
@@ -191,14 +213,18 @@ def main(argv: list[str] | None = None) -> dict:
                         "records)")
     args = parser.parse_args(argv)
     origin = provenance("bench/scenes.py", argv)
-    if bool(args.proposals) != bool(args.pooled):
-        parser.error("--proposals and --pooled go together: give both stored keys, or neither to run the flow")
-    keys = (args.proposals, args.pooled) if args.proposals and args.pooled else None
-    if args.features and not keys:
-        parser.error("--features goes with --proposals and --pooled")
+    if args.pooled and not args.proposals:
+        parser.error("--pooled goes with --proposals: give both stored keys, or neither to run the flow")
+    if args.proposals and not (args.pooled or args.features):
+        parser.error("--proposals needs --pooled, or --features to pool them with the pool stage")
     params = RunParams.model_validate_json(args.params.read_text()) if args.params else RunParams()
-    results = {"params": params.model_dump(mode="json"),
-               "datasets": [scene_rows(args.store, d, params, args.device, keys, args.features) for d in args.data]}
+    results = {"params": params.model_dump(mode="json"), "datasets": []}
+    for d in args.data:
+        keys = None
+        if args.proposals:
+            pooled = args.pooled or pool_stored(args.store, d, args.proposals, args.features, params, args.device)
+            keys = (args.proposals, pooled)
+        results["datasets"].append(scene_rows(args.store, d, params, args.device, keys, args.features))
     publish(results, args.out, report(results), origin)
     return results
 

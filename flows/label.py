@@ -146,9 +146,10 @@ def label_images(
         skipped = sorted({s for r in proposals + features for s in r.skipped})
         skip = sorted({k for k, _ in skipped})
         ok_jobs = [j for j in jobs if j.key not in skip]
-        plk = pooled_key(pk, fk)
+        plk = pooled_key(pk, fk, p.pool)
         pooled = _per_image("pool", pool_shard, ok_jobs, p.shard_size, runner, store=store, key=plk,
-                            proposals_key=pk, features_key=fk, verify=verify)
+                            proposals_key=pk, features_key=fk, params=p.pool, embed=p.embed,
+                            device=device, verify=verify)
         clock.lap("pool")
 
     seeds = checked(seed_collection, version_complete, store=store, collection=labelled, proposals_key=pk,

@@ -89,6 +89,18 @@ class EmbedParams(_Params):
         return name
 
 
+class PoolParams(_Params):
+    """One feature per proposal, soft-pooled over the cells its mask covers (see ``tasks/pooling.py``)."""
+
+    mask_attention: bool = Field(False, description="Run the feature block again per image with each proposal's tokens attending to their own proposals (TUSS's mask-aware attention bias, see ``tasks/mask_attention.py``), so a proposal's feature comes from its own region; costs one backbone pass per image.")
+    attention_bias: float = Field(-4.0, lt=0, description="Logit bias between tokens that share no proposal, with mask_attention (TUSS: -4).")
+
+    @model_validator(mode="after")
+    def _settings_act(self) -> "PoolParams":
+        _refuse_unused(self, not self.mask_attention, "pool.mask_attention is false", ("mask_attention",))
+        return self
+
+
 class SeedParams(_Params):
     """Seed labels of labelled images from image-level labels and features alone (see ``tasks/seed.py``)."""
 
@@ -172,6 +184,7 @@ class RunParams(_Params):
 
     propose: ProposeParams = ProposeParams()
     embed: EmbedParams = EmbedParams()
+    pool: PoolParams = PoolParams()
     seed: SeedParams = SeedParams()
     segment: SegmentParams = SegmentParams()
     bank: BankParams = BankParams()

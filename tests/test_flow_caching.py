@@ -309,3 +309,48 @@ def test_settings_without_effect_are_refused():
         SegmentParams(enabled=False, epochs=3, arbitrate_below=0.2)
     assert RetrieveParams(method="segmenter", k=RetrieveParams().k).method == "segmenter"  # defaults, as a form sends
     assert RetrieveParams(k=5).k == 5 and SegmentParams(epochs=3).epochs == 3
+
+
+def test_mask_attention_pools_again_on_the_cached_proposals_and_features(first_run, data):
+    """With mask attention the pool stage makes each image's features again with the proposals biasing the
+    feature block: a pooled group of its own key, on the cached proposals and features, of the same shapes and
+    different values; the stages after it follow."""
+    from maskbank.flows.params import PoolParams
+    from maskbank.flows.stages.embed import features_key
+    from maskbank.flows.stages.pool import pooled_key
+    from maskbank.flows.stages.propose import proposals_key
+    from maskbank.storage.layout import POOLED
+    from maskbank.storage.store import Store
+
+    store, first, _ = first_run
+    _, train, val = data
+    params = _light_params().model_copy(update={"pool": PoolParams(mask_attention=True)})
+    summary, states = _run(train, val, store, params)
+    assert states["propose"] == {"Cached"} and states["embed"] == {"Cached"}
+    assert states["pool"] == {"Completed"} and states["seed"] == {"Completed"}
+    assert summary.pseudo_labels != first.pseudo_labels
+    pk, fk = proposals_key(params.propose), features_key(params.embed)
+    plain_key, masked_key = pooled_key(pk, fk, PoolParams()), pooled_key(pk, fk, params.pool)
+    assert plain_key != masked_key
+    st = Store.open(store, create=False)
+    assert st.stage_settings(POOLED, masked_key)["pool"] == {"mask_attention": True, "attention_bias": -4.0}
+    for key in st.list_items(POOLED, masked_key):
+        plain, masked = st.read_pooled(plain_key, key), st.read_pooled(masked_key, key)
+        assert plain["features"].shape == masked["features"].shape
+        assert np.array_equal(plain["saliency"], masked["saliency"], equal_nan=True)
+        np.testing.assert_allclose(np.linalg.norm(masked["features"], axis=1), 1, atol=1e-3)
+        cosine = np.sum(plain["features"] * masked["features"], axis=1)
+        assert cosine.min() < 0.99 and cosine.mean() > 0.3  # the same proposals, seen apart from their context
+    again, states = _run(train, val, store, params)
+    assert states["pool"] == {"Cached"} and again.pseudo_labels == summary.pseudo_labels
+
+
+def test_a_bias_without_mask_attention_is_refused():
+    from pydantic import ValidationError
+
+    from maskbank.flows.params import PoolParams
+
+    with pytest.raises(ValidationError, match=r"attention_bias would have no effect: pool.mask_attention is false"):
+        PoolParams(attention_bias=-2.0)
+    with pytest.raises(ValidationError, match="less than 0"):
+        PoolParams(mask_attention=True, attention_bias=0.5)

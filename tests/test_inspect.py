@@ -258,7 +258,7 @@ def computed(tmp_path_factory, sample_root, one_thread) -> Computed:
     from transformers import Dinov2Config, Dinov2Model
 
     from maskbank.flows import runtime
-    from maskbank.flows.params import EmbedParams, ProposeParams
+    from maskbank.flows.params import EmbedParams, PoolParams, ProposeParams
     from maskbank.flows.stages.common import ImageJob
     from maskbank.flows.stages.embed import embed_shard, features_key
     from maskbank.flows.stages.pool import pool_shard, pooled_key
@@ -288,14 +288,14 @@ def computed(tmp_path_factory, sample_root, one_thread) -> Computed:
     propose = ProposeParams(points_per_side=4)
     embed = EmbedParams(model="dinov2_s", layer=10, long_side=224, saliency=True, bf16=False)
     pk, fk = proposals_key(propose), features_key(embed)
-    plk = pooled_key(pk, fk)
+    plk = pooled_key(pk, fk, PoolParams())
     with pytest.MonkeyPatch.context() as mp:  # the stage tasks load these instead of the checkpoints
         mp.setattr(runtime, "proposer", lambda params, device="auto": proposer)
         mp.setattr(runtime, "extractor", lambda params, device="auto": extractor)
         for shard in ([jobs[0]], [jobs[1]]):  # the second shard writes into the group the first created
             assert propose_shard.fn(st.url, pk, shard, propose, device="cpu").computed == [shard[0].key]
             assert embed_shard.fn(st.url, fk, shard, embed, device="cpu").computed == [shard[0].key]
-            assert pool_shard.fn(st.url, plk, shard, pk, fk).computed == [shard[0].key]
+            assert pool_shard.fn(st.url, plk, shard, pk, fk, PoolParams(), embed).computed == [shard[0].key]
     return Computed(Path(st.url), {"propose": propose, "embed": embed},
                     {PROPOSALS: pk, FEATURES: fk, POOLED: plk})
 
@@ -303,6 +303,7 @@ def computed(tmp_path_factory, sample_root, one_thread) -> Computed:
 def test_a_stage_key_records_the_settings_it_hashes(computed):
     from maskbank.flows.keys import stage_key
     from maskbank.flows.stages.embed import features_settings
+    from maskbank.flows.params import PoolParams
     from maskbank.flows.stages.pool import pooled_settings
     from maskbank.flows.stages.propose import proposals_settings
 
@@ -314,8 +315,9 @@ def test_a_stage_key_records_the_settings_it_hashes(computed):
     assert stage_key(PROPOSALS, proposals["propose"], [proposals["checkpoint"]], proposals["code"]) == pk
     assert features == features_settings(computed.params["embed"])
     assert stage_key(FEATURES, features["embed"], [features["checkpoint"]], features["code"]) == fk
-    assert pooled == pooled_settings(pk, fk) and set(pooled) == {"proposals", "features", "code"}
-    assert stage_key(POOLED, {}, [pooled["proposals"], pooled["features"]], pooled["code"]) == plk
+    assert pooled == pooled_settings(pk, fk, PoolParams()) and set(pooled) == {"proposals", "features", "pool", "code"}
+    assert pooled["pool"] == PoolParams().model_dump(mode="json")
+    assert stage_key(POOLED, pooled["pool"], [pooled["proposals"], pooled["features"]], pooled["code"]) == plk
     assert st.stage_settings(PROPOSALS, "z" * 24) is None  # no such key
 
 
@@ -340,7 +342,7 @@ def test_inspect_shows_the_settings_each_stage_key_stands_for(computed):
                      rf"    computed with: checkpoint sha256 {dino}, code version {code_version(embed.MODULES)}\n"
                      r"    features  ", text, re.M), text
     assert re.search(rf"^  {plk}/  2 images, \d+ proposals, .*\n"
-                     rf"    pool: from proposals {pk}, features {fk}\n"
+                     rf"    pool: mask_attention=false, attention_bias=-4\.0; from proposals {pk}, features {fk}\n"
                      rf"    computed with: code version {code_version(pool.MODULES)}\n"
                      r"    area  ", text, re.M), text
     assert "read from its data" not in text
@@ -380,6 +382,8 @@ def test_stage_settings_read_as_parameters():
         f"computed with: checkpoint sha256 {sha[:16]}, code version {'c' * 16}"]
     assert stage_settings_lines(POOLED, {"proposals": PK, "features": FK, "code": "c" * 16}) == [
         f"pool: from proposals {PK}, features {FK}", f"computed with: code version {'c' * 16}"]
+    assert stage_settings_lines(POOLED, {"proposals": PK, "features": FK, "pool": {"mask_attention": True},
+                                         "code": "c" * 16})[0] == f"pool: mask_attention=true; from proposals {PK}, features {FK}"
     assert stage_settings_lines(PROPOSALS, {}) == []
 
 

@@ -104,7 +104,7 @@ def _work_lines(datasets: Sequence[Dataset], params: RunParams, location: str | 
 
     keys = {k for ds in datasets for k in content_keys(ds, default_hash_cache(ds.root), save=False)}
     pk, fk = proposals_key(params.propose), features_key(params.embed)
-    stages = {PROPOSALS: pk, FEATURES: fk, POOLED: pooled_key(pk, fk)}
+    stages = {PROPOSALS: pk, FEATURES: fk, POOLED: pooled_key(pk, fk, params.pool)}
     done = {stage: set() for stage in stages}
     if exists:
         st = Store.open(location, create=False)

@@ -118,20 +118,21 @@ def computed_from(params: Mapping[str, object]) -> str | None:
 def stage_settings_lines(stage: str, settings: Mapping[str, object], details: str = "") -> list[str]:
     """The settings a per-image stage key stands for, from what its group records: its parameters as a
     version's read (``propose: model=mobile_sam, ...``, then ``details`` after a ``;``), the stage keys it
-    was computed from (``pool: from proposals <key>, features <key>``), then the checkpoint and code version
-    it also hashes (``computed with: checkpoint sha256 <16 hex>, code version <hex>``)."""
+    was computed from (after a ``;`` too: ``pool: mask_attention=false, ...; from proposals <key>, features
+    <key>``), then the checkpoint and code version it also hashes (``computed with: checkpoint sha256 <16 hex>,
+    code version <hex>``)."""
     params = {k: v for k, v in settings.items() if k not in (SETTINGS_CHECKPOINT, SETTINGS_CODE)}
     lines = settings_lines(params)
-    if details:
-        step = f"{STAGE_STEP.get(stage, stage)}: "
-        own = next((i for i, line in enumerate(lines) if line.startswith(step)), None)
-        if own is None:
-            lines.insert(0, f"{step}{details}")
-        else:
-            lines[own] += f"; {details}"
+    step = f"{STAGE_STEP.get(stage, stage)}: "
     keys = _stage_keys(params)
-    if keys:
-        lines.append(f"{STAGE_STEP.get(stage, stage)}: from {', '.join(keys)}")
+    for text, first in ((details, True), (f"from {', '.join(keys)}" if keys else "", False)):
+        if not text:
+            continue
+        own = next((i for i, line in enumerate(lines) if line.startswith(step)), None)
+        if own is not None:
+            lines[own] += f"; {text}"
+        else:
+            lines.insert(0 if first else len(lines), f"{step}{text}")
     pins = []
     checkpoint = settings.get(SETTINGS_CHECKPOINT)
     if isinstance(checkpoint, str):
