@@ -311,10 +311,10 @@ def test_settings_without_effect_are_refused():
     assert RetrieveParams(k=5).k == 5 and SegmentParams(epochs=3).epochs == 3
 
 
-def test_mask_attention_pools_again_on_the_cached_proposals_and_features(first_run, data):
-    """With mask attention the pool stage makes each image's features again with the proposals biasing the
-    feature block: a pooled group of its own key, on the cached proposals and features, of the same shapes and
-    different values; the stages after it follow."""
+def test_mask_attention_makes_features_of_their_own_for_the_proposals(first_run, data):
+    """By default the pool stage makes each image's features again with the proposals biasing the feature
+    block; without mask attention it pools the stored features: a pooled group of its own key, on the cached
+    proposals and features, of the same shapes and other values; the stages after it follow."""
     from maskbank.flows.params import PoolParams
     from maskbank.flows.stages.embed import features_key
     from maskbank.flows.stages.pool import pooled_key
@@ -324,17 +324,18 @@ def test_mask_attention_pools_again_on_the_cached_proposals_and_features(first_r
 
     store, first, _ = first_run
     _, train, val = data
-    params = _light_params().model_copy(update={"pool": PoolParams(mask_attention=True)})
+    params = _light_params().model_copy(update={"pool": PoolParams(mask_attention=False)})
     summary, states = _run(train, val, store, params)
     assert states["propose"] == {"Cached"} and states["embed"] == {"Cached"}
     assert states["pool"] == {"Completed"} and states["seed"] == {"Completed"}
     assert summary.pseudo_labels != first.pseudo_labels
     pk, fk = proposals_key(params.propose), features_key(params.embed)
-    plain_key, masked_key = pooled_key(pk, fk, PoolParams()), pooled_key(pk, fk, params.pool)
+    masked_key, plain_key = pooled_key(pk, fk, PoolParams()), pooled_key(pk, fk, params.pool)
     assert plain_key != masked_key
     st = Store.open(store, create=False)
-    assert st.stage_settings(POOLED, masked_key)["pool"] == {"mask_attention": True, "attention_bias": -4.0}
-    for key in st.list_items(POOLED, masked_key):
+    assert st.stage_settings(POOLED, masked_key)["pool"] == {"mask_attention": True, "attention_bias": -10.0}
+    assert st.stage_settings(POOLED, plain_key)["pool"]["mask_attention"] is False
+    for key in st.list_items(POOLED, plain_key):
         plain, masked = st.read_pooled(plain_key, key), st.read_pooled(masked_key, key)
         assert plain["features"].shape == masked["features"].shape
         assert np.array_equal(plain["saliency"], masked["saliency"], equal_nan=True)
@@ -351,6 +352,7 @@ def test_a_bias_without_mask_attention_is_refused():
     from maskbank.flows.params import PoolParams
 
     with pytest.raises(ValidationError, match=r"attention_bias would have no effect: pool.mask_attention is false"):
-        PoolParams(attention_bias=-2.0)
+        PoolParams(mask_attention=False, attention_bias=-2.0)
     with pytest.raises(ValidationError, match="less than 0"):
-        PoolParams(mask_attention=True, attention_bias=0.5)
+        PoolParams(attention_bias=0.5)
+    assert PoolParams(attention_bias=-2.0).attention_bias == -2.0

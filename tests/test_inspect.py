@@ -342,7 +342,7 @@ def test_inspect_shows_the_settings_each_stage_key_stands_for(computed):
                      rf"    computed with: checkpoint sha256 {dino}, code version {code_version(embed.MODULES)}\n"
                      r"    features  ", text, re.M), text
     assert re.search(rf"^  {plk}/  2 images, \d+ proposals, .*\n"
-                     rf"    pool: mask_attention=false, attention_bias=-4\.0; from proposals {pk}, features {fk}\n"
+                     rf"    pool: mask_attention=true, attention_bias=-10\.0; from proposals {pk}, features {fk}\n"
                      rf"    computed with: code version {code_version(pool.MODULES)}\n"
                      r"    area  ", text, re.M), text
     assert "read from its data" not in text
