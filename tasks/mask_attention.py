@@ -14,6 +14,8 @@ covers no cell that much owns its most covered token, so every non-empty proposa
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -53,9 +55,10 @@ def _vit_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module
     registers); a clear error for other architectures."""
     embeddings = getattr(model, "embeddings", None)
     blocks = getattr(getattr(model, "encoder", None), "layer", None)
-    if embeddings is None or not isinstance(blocks, torch.nn.ModuleList):
-        raise ValueError(f"mask attention needs a ViT backbone with embeddings and encoder blocks, "
-                         f"got {type(model).__name__}")
+    if (embeddings is None or not isinstance(blocks, torch.nn.ModuleList) or not len(blocks)
+            or "attention_mask" not in inspect.signature(blocks[0].forward).parameters):
+        raise ValueError(f"mask attention needs a ViT backbone whose blocks take an attention mask, got "
+                         f"{type(model).__name__}: set pool.mask_attention to false")
     return embeddings, blocks
 
 

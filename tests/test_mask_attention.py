@@ -102,7 +102,7 @@ def test_what_mask_attention_cannot_apply_to_is_refused():
 
     fx = _extractor()
     fx.model = NotAViT()
-    with pytest.raises(ValueError, match="needs a ViT backbone"):
+    with pytest.raises(ValueError, match="needs a ViT backbone whose blocks take an attention mask.*pool.mask_attention to false"):
         check_backbone(fx)
 
 
