@@ -30,7 +30,8 @@ MEMBER_COVER = 0.5
 def token_membership(weights: np.ndarray, min_cover: float = MEMBER_COVER) -> np.ndarray:
     """``bool[N, Hp*Wp]``: which tokens belong to each of ``N`` proposals, from their ``[N, Hp, Wp]`` cell covers
     (:meth:`PatchGeometry.patch_weights`)."""
-    flat = np.asarray(weights, np.float32).reshape(len(weights), -1)
+    weights = np.asarray(weights, np.float32)
+    flat = weights.reshape(len(weights), int(np.prod(weights.shape[1:])))
     members = flat >= min_cover
     rows = np.flatnonzero(~members.any(axis=1) & (flat.max(axis=1, initial=0.0) > 0))
     members[rows, flat[rows].argmax(axis=1)] = True

@@ -36,6 +36,13 @@ def test_a_token_belongs_to_the_proposals_that_cover_half_its_cell():
     assert members[0].tolist() == [True, True, False, False, False, False]
     assert members[1].tolist() == [False, False, False, False, False, True]
     assert members[2].all() and not members[3].any()  # an empty proposal owns nothing
+    assert token_membership(np.zeros((0, 2, 3))).shape == (0, 6)
+
+
+def test_an_image_without_proposals_has_a_grid_too():
+    fx = _extractor()
+    grid = masked_features(fx, _image(), np.zeros((0, 24, 32), bool), -10.0)
+    assert grid.shape == (6, 8, 32) and np.isfinite(grid).all()
 
 
 def test_the_bias_is_zero_between_tokens_of_a_common_proposal_and_for_prefix_tokens():

@@ -51,7 +51,7 @@ def pool_shard(store: str, key: str, jobs: list[ImageJob], proposals_key: str, f
         out = st.read_image(FEATURES, features_key, job.key).arrays
         features, geometry = out["features"], feature_geometry(out)
         masks = props.masks()
-        if fx is not None:
+        if fx is not None and len(masks):
             image = load_rgb(job.path, exif_transpose=job.exif_transpose)
             features = masked_features(fx, image, masks, params.attention_bias, geometry)
         pooled = pool_masks(features, geometry, masks)
