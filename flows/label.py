@@ -3,6 +3,9 @@
     ingest -> propose -> embed -> pool -> seed -> segment (pseudo-labels) -> evaluate
                                                         \\-> bank -> retrieve (new images) -> evaluate
 
+With ``seed.method='clip'`` a ``clip`` stage embeds the labelled images' proposals with CLIP (after pool) and
+the seed stage classifies them against the class names' text embeddings.
+
 ``segment`` trains a linear head on the seeds and fills the pixels no proposal covers; with
 ``retrieve.method='segmenter'`` the head, not the bank, labels the new images.
 
@@ -27,6 +30,7 @@ from maskbank.flows.progress import StageProgress
 from maskbank.flows.refs import DatasetRef, ShardRef, VersionRef
 from maskbank.flows.report import publish_run_report, summary_warnings
 from maskbank.flows.stages.bank import build_bank
+from maskbank.flows.stages.clip import clip_pooled_key, clip_shard
 from maskbank.flows.stages.common import (
     ImageJob, checked, checked_shards, jobs_of, shards, unique_jobs, version_complete,
 )
@@ -151,9 +155,16 @@ def label_images(
                             proposals_key=pk, features_key=fk, params=p.pool, embed=p.embed,
                             device=device, verify=verify)
         clock.lap("pool")
+        seed_pooled, clipped = plk, []
+        if p.seed.method == "clip":  # the labelled images' proposals embedded by CLIP, for the seed stage
+            seed_pooled = clip_pooled_key(pk, p.seed)
+            clipped = _per_image("clip", clip_shard, [j for j in jobs_of(labelled) if j.key not in skip],
+                                 p.shard_size, runner, store=store, key=seed_pooled, proposals_key=pk,
+                                 params=p.seed, device=device, verify=verify)
+            clock.lap("clip")
 
     seeds = checked(seed_collection, version_complete, store=store, collection=labelled, proposals_key=pk,
-                    pooled_key=plk, params=p.seed, skip=skip, device=device, verify=verify)
+                    pooled_key=seed_pooled, params=p.seed, skip=skip, device=device, verify=verify)
     clock.lap("seed")
     pseudo, segmenter = seeds, None
     if p.segment.enabled:
@@ -193,7 +204,8 @@ def label_images(
         pseudo_label_coverage=coverage_of(pseudo), prediction_coverage=coverage_of(predictions) if predictions else None,
         pseudo_label_evidence=evidence_of(seeds),
         computed={"propose": sum(len(r.computed) for r in proposals), "embed": sum(len(r.computed) for r in features),
-                  "pool": sum(len(r.computed) for r in pooled)},
+                  "pool": sum(len(r.computed) for r in pooled),
+                  **({"clip": sum(len(r.computed) for r in clipped)} if p.seed.method == "clip" else {})},
         skipped=[(k, why) for k, why in skipped] + [s for c in collections for s in c.skipped]
         + [(i, why) for e in (pseudo_eval, pred_eval) if e for i, why in e.metrics.get("skipped", [])],
         images={"labelled": len(labelled.image_ids), "targets": len(target.image_ids) if target else 0,

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from maskbank.tasks.clip_masks import ClipMaskConfig
+from maskbank.tasks.clip_seed import ClipSeedConfig
 from maskbank.tasks.embed import EmbedConfig
 from maskbank.tasks.propose import ProposerConfig
 from maskbank.tasks.purify import MIN_AREA_FRACTION
@@ -17,6 +19,8 @@ from maskbank.tasks.seed import SeedConfig
 from maskbank.tasks.segmenter import SegmenterConfig
 
 _SEED = SeedConfig()
+_CLIP_MASKS = ClipMaskConfig()
+_CLIP_SEED = ClipSeedConfig()
 _SEGMENTER = SegmenterConfig()
 
 
@@ -102,7 +106,14 @@ class PoolParams(_Params):
 
 
 class SeedParams(_Params):
-    """Seed labels of labelled images from image-level labels and features alone (see ``tasks/seed.py``)."""
+    """Seed labels of labelled images: from image-level labels and cross-image evidence alone (``labels``,
+    see ``tasks/seed.py``), or from a text-image model's view of each proposal (``clip``, see
+    ``tasks/clip_masks.py`` and ``tasks/clip_seed.py``)."""
+
+    method: Literal["labels", "clip"] = Field("labels", description="'labels': from the image labels and the other images' evidence (no model hub needed); 'clip': each proposal embedded by a CLIP image encoder with TUSS's mask-aware last block and classified against the text embeddings of the class names (and a dust bin of stuff words), restricted to the image's labels; no quality figure measured here.")
+    text_model: str = Field("clip_b16", description="With method 'clip': the CLIP checkpoint (clip_b16, clip_l14; `maskbank weights list`).")
+    clip_attention_bias: float = Field(_CLIP_MASKS.bias, le=0, description="With method 'clip': logit bias in CLIP's last block between tokens of different proposals (TUSS: -4).")
+    background_power: float = Field(_CLIP_SEED.background_power, gt=0, description="With method 'clip' and a background class: background scores (1 - best kept class probability) to this power (TUSS tunes it in 0.2-5; 1: a class needs half the probability).")
 
     quantile: float = Field(_SEED.quantile, ge=0, le=1, description="Quantile of a proposal's best matches in images without a class that its evidence is measured against.")
     contrast_scale: float = Field(_SEED.contrast_scale, gt=0, description="Cosine contrast worth one unit of score.")
@@ -113,10 +124,31 @@ class SeedParams(_Params):
     evidence_per_class: int = Field(_SEED.evidence_per_class, ge=1, description="Images labelled with a class that a proposal is compared with (the first by content key); beyond it seeding samples, so memory and time stay linear in the collection.")
     reference_images: int = Field(_SEED.reference_images, ge=1, description="Images of the reference sample (the first by content key) that a proposal's matches in images without a class are measured over.")
 
+    @field_validator("text_model")
+    @classmethod
+    def _a_text_image_checkpoint(cls, name: str) -> str:
+        _checkpoint_role(name, ("text_image",), "a text-image checkpoint")
+        return name
+
+    @model_validator(mode="after")
+    def _settings_act(self) -> "SeedParams":
+        clip_only = ("text_model", "clip_attention_bias", "background_power")
+        if self.method == "clip":
+            _refuse_unused(self, True, "seed.method is 'clip'", ("method", *clip_only))
+        else:
+            _refuse_unused(self, True, "seed.method is 'labels'", tuple(n for n in type(self).model_fields
+                                                                        if n not in clip_only))
+        return self
+
     def config(self, background: bool = True) -> SeedConfig:
-        """The seeding settings; ``background``: whether the collection's class list has a background class
-        (a property of the datasets, not a seeding parameter)."""
-        return SeedConfig(**self.model_dump(), background=background)
+        """The label-only seeding settings; ``background``: whether the collection's class list has a background
+        class (a property of the datasets, not a seeding parameter)."""
+        own = {name: getattr(self, name) for name in type(self).model_fields if name in SeedConfig.__dataclass_fields__}
+        return SeedConfig(**own, background=background)
+
+    def clip_config(self) -> ClipSeedConfig:
+        """The settings of seeding from text embeddings."""
+        return ClipSeedConfig(background_power=self.background_power)
 
 
 class SegmentParams(_Params):

@@ -30,7 +30,7 @@ REPORT_KEY = "maskbank-report"
 IOU_TABLE_KEY = "maskbank-class-iou"
 EVALUATION_KEY = "maskbank-evaluation"
 PER_IMAGE_STAGES = ("propose", "embed", "pool")
-STAGES = ("ingest", *PER_IMAGE_STAGES, "seed", "segment", "evaluate", "bank", "retrieve")
+STAGES = ("ingest", *PER_IMAGE_STAGES, "clip", "seed", "segment", "evaluate", "bank", "retrieve")
 SHOWN_NAMES = 10
 """Images or classes a warning names before "and N more"."""
 _MARKDOWN_SPECIAL = "\\`*_[]<>#|"

@@ -10,8 +10,10 @@ from functools import lru_cache, update_wrapper
 
 from maskbank.flows.params import EmbedParams, ProposeParams
 from maskbank.storage.weights import fetch, get_checkpoint
+from maskbank.tasks.clip_masks import ClipMaskConfig, ClipMaskEmbedder
 from maskbank.tasks.embed import EmbedConfig, FeatureExtractor
 from maskbank.tasks.models.backbone import load_backbone
+from maskbank.tasks.models.text_image import TextEncoder, load_tokenizer
 from maskbank.tasks.models.saliency import SALIENCY_HEAD_FILE, load_saliency_head
 from maskbank.tasks.models.sam import build_sam
 from maskbank.tasks.propose import MaskProposer, ProposerConfig
@@ -110,3 +112,21 @@ def extractor(params: EmbedParams, device: str = "auto") -> FeatureExtractor:
         head = load_saliency_head(folder)
     config = EmbedConfig(layer=params.layer, long_side=params.long_side, device=device, bf16=params.bf16)
     return FeatureExtractor(load_backbone(folder), config, saliency_head=head)
+
+
+@lru_cache(maxsize=2)
+def _text_image_model(name: str):
+    """A text-image checkpoint's model (fetched into the cache on first use), shared by its two sides."""
+    return load_backbone(fetch(name))
+
+
+@lru_cache(maxsize=2)
+def clip_embedder(name: str, bias: float, device: str = "auto") -> ClipMaskEmbedder:
+    """DBA-CLIP proposal embeddings with checkpoint ``name``; it keeps no state between calls."""
+    return ClipMaskEmbedder(_text_image_model(name), ClipMaskConfig(bias=bias, device=device))
+
+
+@lru_cache(maxsize=2)
+def text_encoder(name: str, device: str = "auto") -> TextEncoder:
+    """The text side of checkpoint ``name``, with the tokenizer its folder holds."""
+    return TextEncoder(_text_image_model(name), load_tokenizer(fetch(name)), device=device)

@@ -125,3 +125,19 @@ def test_zero_shot_image_labels_by_top_k_or_threshold():
         zero_shot_image_labels(images, class_text)
     with pytest.raises(ValueError, match="top_k"):
         zero_shot_image_labels(images, class_text, top_k=0)
+
+
+def test_the_seed_method_s_settings_act_or_are_refused():
+    from pydantic import ValidationError
+
+    from maskbank.flows.params import SeedParams
+
+    clip = SeedParams(method="clip", text_model="clip_l14", background_power=2.0)
+    assert clip.clip_config().background_power == 2.0 and clip.text_model == "clip_l14"
+    with pytest.raises(ValidationError, match="rounds, claim_labels would have no effect: seed.method is 'clip'"):
+        SeedParams(method="clip", rounds=2, claim_labels=False)
+    with pytest.raises(ValidationError, match="text_model, background_power would have no effect: seed.method is 'labels'"):
+        SeedParams(text_model="clip_l14", background_power=2.0)
+    with pytest.raises(ValidationError, match="'dinov2_s' is not a text-image checkpoint"):
+        SeedParams(method="clip", text_model="dinov2_s")
+    assert SeedParams(rounds=2).config().rounds == 2

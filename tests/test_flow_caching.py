@@ -356,3 +356,67 @@ def test_a_bias_without_mask_attention_is_refused():
     with pytest.raises(ValidationError, match="less than 0"):
         PoolParams(attention_bias=0.5)
     assert PoolParams(attention_bias=-2.0).attention_bias == -2.0
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A tiny random CLIP saved as a checkpoint folder, with CLIP's real tokenizer."""
+    import torch
+    from clip_tokenizer import CONTEXT, write_clip_tokenizer
+    from transformers import CLIPConfig, CLIPModel
+
+    folder = write_clip_tokenizer(tmp_path_factory.mktemp("tiny-clip"))
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "vocab_size": 49408, "max_position_embeddings": CONTEXT, "eos_token_id": 49407},
+        projection_dim=8)).save_pretrained(folder)
+    return folder
+
+
+def test_clip_seeds_label_the_collection_from_a_text_image_model(first_run, data, tiny_clip, monkeypatch):
+    """seed.method 'clip' with a tiny CLIP in place of the checkpoint: a clip stage embeds the labelled images'
+    proposals (its own pooled group, on the cached proposals), the seed stage classifies them among each
+    image's labels, and the head, bank and retrieval follow; a rerun is cached."""
+    from maskbank.flows import runtime
+    from maskbank.flows.params import SeedParams
+    from maskbank.flows.stages.clip import clip_pooled_key
+    from maskbank.flows.stages.ingest import DatasetInput, ingest
+    from maskbank.flows.stages.propose import proposals_key
+    from maskbank.storage.layout import POOLED
+    from maskbank.storage.store import Store
+    from maskbank.storage.versions import get_version, read_version
+    from maskbank.tasks.clip_masks import ClipMaskConfig, ClipMaskEmbedder
+    from maskbank.tasks.models.backbone import load_backbone
+    from maskbank.tasks.models.text_image import TextEncoder, load_tokenizer
+
+    model = load_backbone(tiny_clip)
+    monkeypatch.setattr(runtime, "clip_embedder", lambda name, bias, device="auto": ClipMaskEmbedder(
+        model, ClipMaskConfig(short_side=64, bias=bias, device="cpu")))
+    monkeypatch.setattr(runtime, "text_encoder", lambda name, device="auto": TextEncoder(
+        model, load_tokenizer(tiny_clip), device="cpu"))
+    store, first, _ = first_run
+    _, train, val = data
+    params = _light_params().model_copy(update={"seed": SeedParams(method="clip")})
+    summary, states = _run(train, val, store, params)
+    assert states["propose"] == {"Cached"} and states["embed"] == {"Cached"} and states["pool"] == {"Cached"}
+    assert states["clip"] == {"Completed"} and states["seed"] == {"Completed"}
+    assert summary.computed["clip"] == 3 and summary.predictions is not None  # the three labelled images
+    st = Store.open(store, create=False)
+    key = clip_pooled_key(proposals_key(params.propose), params.seed)
+    assert sorted(st.list_items(POOLED, key)) == sorted(read_version(st, summary.seeds).arrays["image_key"])
+    seeds = read_version(st, summary.seeds).arrays
+    assert get_version(st, summary.seeds).params["seed"]["method"] == "clip"
+    ref = ingest.fn(DatasetInput(path=str(train)), str(store))
+    labels = {k: set(v or ()) for k, v in zip(ref.image_keys, ref.labels)}
+    assert len(seeds["proposal_label"]) and (seeds["proposal_label"] > 0).any()
+    for row, label in zip(seeds["proposal_image"], seeds["proposal_label"]):
+        assert label == 0 or label in labels[str(seeds["image_key"][row])]
+    for k in st.list_items(POOLED, key):
+        features = st.read_pooled(key, k)["features"]
+        assert features.shape[1] == 8 and np.allclose(np.linalg.norm(features, axis=1), 1, atol=1e-4)
+    again, states = _run(train, val, store, params)
+    assert states["clip"] == {"Cached"} and states["seed"] == {"Cached"} and again.seeds == summary.seeds
+

@@ -1,27 +1,34 @@
 """Stage 4, seed: the pseudo-labels of the labelled images (the main job's output), from image labels,
-proposals and features alone. Published as a ``pseudo_labels`` version."""
+proposals and features alone, or (``seed.method`` 'clip') from the proposals' CLIP embeddings against the text
+embeddings of the class names. Published as a ``pseudo_labels`` version."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from maskbank.flows import runtime
 from maskbank.flows.keys import code_version, digest
 from maskbank.flows.params import SeedParams
 from maskbank.flows.progress import StageProgress
 from maskbank.flows.refs import DatasetRef, VersionRef
 from maskbank.flows.stages.common import cached_task
-from maskbank.flows.stages.labels import EVIDENCE, LabelVersionWriter, label_version_ref, pooled_reader, unskipped
+from maskbank.flows.stages.labels import (
+    EVIDENCE, LabelVersionWriter, blocks, label_version_ref, pooled_reader, unskipped,
+)
 from maskbank.storage.layout import POOLED, PSEUDO_LABELS
 from maskbank.storage.store import Store
 from maskbank.storage.versions import version_exists, version_id
 from maskbank.tasks.classes import multi_hot
+from maskbank.tasks.clip_seed import clip_seed_labels, dust_bin, text_embeddings
 from maskbank.tasks.collection import label_evidence
 from maskbank.tasks.models.device import resolve_device
 from maskbank.tasks.seed import seed_images
 
 KIND = PSEUDO_LABELS
-MODULES = ("maskbank.tasks.seed", "maskbank.tasks.paint", "maskbank.tasks.coverage", "maskbank.tasks.collection",
-           "maskbank.flows.stages.labels", __name__)
+CLIP_BLOCK_IMAGES = 256
+"""Images whose CLIP embeddings are classified at once."""
+MODULES = ("maskbank.tasks.seed", "maskbank.tasks.clip_seed", "maskbank.tasks.paint", "maskbank.tasks.coverage",
+           "maskbank.tasks.collection", "maskbank.flows.stages.labels", __name__)
 
 
 @cached_task("seed", MODULES)
@@ -44,20 +51,50 @@ def seed_collection(
 
     num_classes = len(collection.class_names)
     image_labels = multi_hot([collection.labels[i] for i in rows], num_classes)
-    evidence = label_evidence(image_labels, collection.class_names)
     counts = st.element_counts(POOLED, pooled_key, keys)
-    with StageProgress("seed", int(counts.sum()) * (1 + params.rounds), unit="proposal",
-                       what="proposals scored, all rounds") as progress:
-        result = seed_images(
-            pooled_reader(st, pooled_key, keys), counts, image_labels,
-            saliency=True, config=params.config(background=collection.has_background),  # images in key order: the caps take the first by key
-            device=resolve_device(device), progress=progress.advance,
-        )
+    read = pooled_reader(st, pooled_key, keys)
+    if params.method == "clip":
+        labels, confidence = _clip_seeds(read, counts, image_labels, collection, params, device)
+        metrics = {}
+    else:
+        with StageProgress("seed", int(counts.sum()) * (1 + params.rounds), unit="proposal",
+                           what="proposals scored, all rounds") as progress:
+            result = seed_images(
+                read, counts, image_labels,
+                saliency=True, config=params.config(background=collection.has_background),  # images in key order: the caps take the first by key
+                device=resolve_device(device), progress=progress.advance,
+            )
+        labels, confidence = result.labels, result.confidence
+        metrics = {EVIDENCE: label_evidence(image_labels, collection.class_names)}
     out = LabelVersionWriter(st, KIND, vid, proposals_key, num_classes, nms_iou=None,
                              class_names=collection.class_names)
     offsets = np.concatenate([[0], np.cumsum(counts)])
     for j, i in enumerate(rows):
         sel = slice(offsets[j], offsets[j + 1])
-        out.add(keys[j], collection.image_ids[i], result.labels[sel], result.confidence[sel], collection.labels[i])
-    out.publish(vparams, (), collection.fingerprints, code, metrics={EVIDENCE: evidence})
+        out.add(keys[j], collection.image_ids[i], labels[sel], confidence[sel], collection.labels[i])
+    out.publish(vparams, (), collection.fingerprints, code, metrics=metrics)
     return label_version_ref(st, store, KIND, vid)
+
+
+def _clip_seeds(read, counts: np.ndarray, image_labels: np.ndarray, collection: DatasetRef, params: SeedParams,
+                device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and confidences of every proposal from their CLIP embeddings (``read``), a block of images at a
+    time, against the text embeddings of the class names and of the dust bin."""
+    encode = runtime.text_encoder(params.text_model, device)
+    names = collection.class_names
+    classes = text_embeddings(encode, names[1:])  # class 0 is background, or the placeholder where there is none
+    class_text = np.concatenate([np.zeros((1, classes.shape[1]), np.float32), classes])
+    bin_text = text_embeddings(encode, dust_bin(names[1:]))
+    labels, confidence = [], []
+    with StageProgress("seed", int(counts.sum()), unit="proposal", what="proposals classified") as progress:
+        for block in blocks(len(counts), CLIP_BLOCK_IMAGES):
+            images = np.arange(block.start, block.stop)
+            features, _ = read(images)
+            index = np.repeat(images, counts[images])
+            lab, conf = clip_seed_labels(features, index, image_labels, class_text, bin_text,
+                                         background=collection.has_background, config=params.clip_config())
+            labels.append(lab)
+            confidence.append(conf)
+            progress.advance(len(lab))
+    return (np.concatenate(labels) if labels else np.zeros(0, np.int32),
+            np.concatenate(confidence) if confidence else np.zeros(0, np.float32))
