@@ -41,7 +41,7 @@ from maskbank.flows.stages.labels import coverage_of, evidence_of
 from maskbank.flows.stages.pool import pool_shard, pooled_key
 from maskbank.flows.stages.propose import propose_shard, proposals_key
 from maskbank.flows.stages.retrieve import retrieve
-from maskbank.flows.stages.seed import seed_collection
+from maskbank.flows.stages.seed import predict_image_labels, seed_collection
 from maskbank.flows.stages.segment import fill_pseudo_labels, segment_targets, train_segmenter
 
 
@@ -158,10 +158,15 @@ def label_images(
         seed_pooled, clipped = plk, []
         if p.seed.method == "clip":  # the labelled images' proposals embedded by CLIP, for the seed stage
             seed_pooled = clip_pooled_key(pk, p.seed)
-            clipped = _per_image("clip", clip_shard, [j for j in jobs_of(labelled) if j.key not in skip],
+            zero_shot = p.seed.zero_shot_labels != "off"
+            rows = range(len(labelled.image_keys)) if zero_shot else labelled.labelled_indices()
+            clipped = _per_image("clip", clip_shard, [j for j in jobs_of(labelled, rows) if j.key not in skip],
                                  p.shard_size, runner, store=store, key=seed_pooled, proposals_key=pk,
                                  params=p.seed, device=device, verify=verify)
             clock.lap("clip")
+            if zero_shot:
+                labelled = predict_image_labels(store=store, collection=labelled, pooled_key=seed_pooled,
+                                                params=p.seed, skip=skip, device=device)
 
     seeds = checked(seed_collection, version_complete, store=store, collection=labelled, proposals_key=pk,
                     pooled_key=seed_pooled, params=p.seed, skip=skip, device=device, verify=verify)

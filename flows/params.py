@@ -114,6 +114,9 @@ class SeedParams(_Params):
     text_model: str = Field("clip_b16", description="With method 'clip': the CLIP checkpoint (clip_b16, clip_l14; `maskbank weights list`).")
     clip_attention_bias: float = Field(_CLIP_MASKS.bias, le=0, description="With method 'clip': logit bias in CLIP's last block between tokens of different proposals (TUSS: -4).")
     background_power: float = Field(_CLIP_SEED.background_power, gt=0, description="With method 'clip' and a background class: background scores (1 - best kept class probability) to this power (TUSS tunes it in 0.2-5; 1: a class needs half the probability).")
+    zero_shot_labels: Literal["off", "top_k", "threshold"] = Field("off", description="With method 'clip': images of the labelled datasets that have no image labels get, before seeding, the classes their proposals are taken for: the zero_shot_top_k best ('top_k') or those scoring at least zero_shot_threshold ('threshold'), so a folder without labels can be labelled; 'off': such images are left out.")
+    zero_shot_top_k: int = Field(1, ge=1, description="With zero_shot_labels 'top_k': classes each unlabelled image gets.")
+    zero_shot_threshold: float = Field(0.5, gt=0, le=1, description="With zero_shot_labels 'threshold': the probability one of an image's proposals must give a class (the best class is kept whatever its score).")
 
     quantile: float = Field(_SEED.quantile, ge=0, le=1, description="Quantile of a proposal's best matches in images without a class that its evidence is measured against.")
     contrast_scale: float = Field(_SEED.contrast_scale, gt=0, description="Cosine contrast worth one unit of score.")
@@ -132,7 +135,12 @@ class SeedParams(_Params):
 
     @model_validator(mode="after")
     def _settings_act(self) -> "SeedParams":
-        clip_only = ("text_model", "clip_attention_bias", "background_power")
+        clip_only = ("text_model", "clip_attention_bias", "background_power", "zero_shot_labels", "zero_shot_top_k",
+                     "zero_shot_threshold")
+        _refuse_unused(self, self.zero_shot_labels != "top_k", f"seed.zero_shot_labels is '{self.zero_shot_labels}'",
+                       tuple(n for n in type(self).model_fields if n != "zero_shot_top_k"))
+        _refuse_unused(self, self.zero_shot_labels != "threshold", f"seed.zero_shot_labels is '{self.zero_shot_labels}'",
+                       tuple(n for n in type(self).model_fields if n != "zero_shot_threshold"))
         if self.method == "clip":
             _refuse_unused(self, True, "seed.method is 'clip'", ("method", *clip_only))
         else:

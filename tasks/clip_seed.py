@@ -1,5 +1,6 @@
 """Seeds from a text-image model: proposals classified against the text embeddings of the class names, as
-TUSS seeds its masks (its zero-shot step), and image labels for images that have none.
+TUSS seeds its masks (its zero-shot step), and image labels for images that have none (a class is present
+where one of the image's proposals is taken for it).
 
 The classifier: each class name is put into every prompt template, the text embeddings of a name's prompts are
 averaged and normalised. Stuff words that no class names (a "dust bin": sky, wall, road …) stand for the
@@ -89,14 +90,9 @@ def clip_seed_labels(embeddings: np.ndarray, image_index: np.ndarray, image_labe
         background: whether the class list has a background class (if not, every proposal of a labelled
             image takes one of its labels).
     """
-    embeddings = np.asarray(embeddings, np.float32)
     image_index = np.asarray(image_index)
     image_labels = np.asarray(image_labels, bool)
-    vocab = np.concatenate([class_text[1:], dust_bin_text]).astype(np.float32)
-    logits = config.temperature * embeddings @ vocab.T
-    logits -= logits.max(axis=1, keepdims=True)
-    prob = np.exp(logits)
-    prob /= prob.sum(axis=1, keepdims=True)
+    logits, prob = _vocabulary(embeddings, class_text, dust_bin_text, config.temperature)
     k = class_text.shape[0]
     scores = np.zeros((len(embeddings), k), np.float32)
     allowed = image_labels[image_index].copy()
@@ -115,24 +111,41 @@ def clip_seed_labels(embeddings: np.ndarray, image_index: np.ndarray, image_labe
     return labels, scores[np.arange(len(labels)), labels].astype(np.float32)
 
 
-def zero_shot_image_labels(image_embeddings: np.ndarray, class_text: np.ndarray, top_k: int | None = None,
-                           threshold: float | None = None, temperature: float = 100.0) -> np.ndarray:
-    """``bool[I, K]`` image labels predicted from ``[I, D]`` unit image embeddings (CLIP's global ones): the
-    softmax over the classes (column 0, background, left out) of ``temperature`` × cosine; a class is present
-    where its probability is at least ``threshold``, or among the ``top_k`` most probable (exactly one of the
-    two)."""
+def _vocabulary(embeddings: np.ndarray, class_text: np.ndarray, dust_bin_text: np.ndarray,
+                temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (less each row's maximum) and softmax of ``[P, D]`` embeddings over the classes (row 0 of
+    ``class_text`` left out) then the dust-bin words."""
+    vocab = np.concatenate([class_text[1:], dust_bin_text]).astype(np.float32)
+    logits = temperature * np.asarray(embeddings, np.float32) @ vocab.T
+    logits -= logits.max(axis=1, keepdims=True, initial=-np.inf)
+    prob = np.exp(logits)
+    prob /= np.maximum(prob.sum(axis=1, keepdims=True), 1e-30)
+    return logits, prob
+
+
+def image_class_scores(embeddings: np.ndarray, image_index: np.ndarray, n_images: int, class_text: np.ndarray,
+                       dust_bin_text: np.ndarray, config: ClipSeedConfig = ClipSeedConfig()) -> np.ndarray:
+    """``float32[n_images, K]``: how present each class is in each image, the highest probability any of its
+    proposals gives the class (over the classes and the dust bin, as seeding scores them); column 0 is 0."""
+    _, prob = _vocabulary(embeddings, class_text, dust_bin_text, config.temperature)
+    scores = np.zeros((n_images, class_text.shape[0]), np.float32)
+    np.maximum.at(scores[:, 1:], np.asarray(image_index), prob[:, : class_text.shape[0] - 1])
+    return scores
+
+
+def zero_shot_image_labels(scores: np.ndarray, top_k: int | None = None,
+                           threshold: float | None = None) -> list[list[int]]:
+    """Each image's predicted labels (class indices, background never) from ``[I, K]`` class ``scores``
+    (:func:`image_class_scores`): the classes scoring at least ``threshold`` (at least the best one), or the
+    ``top_k`` best; exactly one of the two."""
     if (top_k is None) == (threshold is None):
         raise ValueError("give exactly one of top_k and threshold")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    logits = temperature * np.asarray(image_embeddings, np.float32) @ np.asarray(class_text[1:], np.float32).T
-    logits -= logits.max(axis=1, keepdims=True)
-    prob = np.exp(logits)
-    prob /= prob.sum(axis=1, keepdims=True)
-    labels = np.zeros((len(prob), class_text.shape[0]), bool)
-    if threshold is not None:
-        labels[:, 1:] = prob >= threshold
-    else:
-        top = np.argsort(-prob, axis=1, kind="stable")[:, :top_k]
-        np.put_along_axis(labels[:, 1:], top, True, axis=1)
-    return labels
+    classes = np.asarray(scores, np.float32)[:, 1:]
+    order = np.argsort(-classes, axis=1, kind="stable")
+    out = []
+    for row, ranked in zip(classes, order):
+        keep = ranked[:top_k] if top_k is not None else [c for c in ranked if row[c] >= threshold] or ranked[:1]
+        out.append(sorted(int(c) + 1 for c in keep))
+    return out

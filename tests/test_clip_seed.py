@@ -110,21 +110,25 @@ def test_text_embeddings_average_the_normalised_prompts():
         text_embeddings(encode, ["cat"], templates=())
 
 
-def test_zero_shot_image_labels_by_top_k_or_threshold():
-    axes = np.eye(DIM, dtype=np.float32)
-    class_text = axes[:4]
-    images = _unit(np.stack([axes[1] + axes[2], axes[3], axes[2] + 0.01 * axes[1]]))  # image 0: cat and dog alike
-    top1 = zero_shot_image_labels(images, class_text, top_k=1)
-    assert top1[:, 0].sum() == 0 and top1.sum(1).tolist() == [1, 1, 1]
-    assert top1[0, 1] and top1[1, 3] and top1[2, 2]
-    top2 = zero_shot_image_labels(images, class_text, top_k=2)
-    assert top2[0, 1] and top2[0, 2] and top2.sum() == 6
-    sure = zero_shot_image_labels(images, class_text, threshold=0.3)
-    assert sure[0, 1] and sure[0, 2] and sure[1].tolist() == [False, False, False, True]
+def test_zero_shot_image_labels_from_the_proposals():
+    """Every image of the world unlabelled: the classes its proposals are taken for are its labels (the
+    unlabelled cars of images 0-3 included, being there); by threshold or top-k."""
+    from maskbank.tasks.clip_seed import image_class_scores
+
+    emb, index, labels, truth, class_text, bin_text = _world(3)
+    scores = image_class_scores(emb, index, len(labels), class_text, bin_text)
+    assert scores.shape == labels.shape and not scores[:, 0].any()
+    present = [sorted({int(t) for t, i in zip(truth, index) if i == img and t} | ({3} if img < 4 else set()))
+               for img in range(len(labels))]
+    assert zero_shot_image_labels(scores, threshold=0.5) == present
+    top1 = zero_shot_image_labels(scores, top_k=1)
+    assert all(len(t) == 1 and t[0] in p for t, p in zip(top1, present))
+    assert all(len(t) == 3 for t in zero_shot_image_labels(scores, top_k=3))
+    assert zero_shot_image_labels(np.zeros((1, 4)), threshold=0.5) == [[1]]  # at least the best class
     with pytest.raises(ValueError, match="exactly one"):
-        zero_shot_image_labels(images, class_text)
+        zero_shot_image_labels(scores)
     with pytest.raises(ValueError, match="top_k"):
-        zero_shot_image_labels(images, class_text, top_k=0)
+        zero_shot_image_labels(scores, top_k=0)
 
 
 def test_the_seed_method_s_settings_act_or_are_refused():
@@ -141,3 +145,8 @@ def test_the_seed_method_s_settings_act_or_are_refused():
     with pytest.raises(ValidationError, match="'dinov2_s' is not a text-image checkpoint"):
         SeedParams(method="clip", text_model="dinov2_s")
     assert SeedParams(rounds=2).config().rounds == 2
+    assert SeedParams(method="clip", zero_shot_labels="threshold", zero_shot_threshold=0.3).zero_shot_threshold == 0.3
+    with pytest.raises(ValidationError, match="zero_shot_top_k would have no effect: seed.zero_shot_labels is 'threshold'"):
+        SeedParams(method="clip", zero_shot_labels="threshold", zero_shot_top_k=3)
+    with pytest.raises(ValidationError, match="zero_shot_labels would have no effect: seed.method is 'labels'"):
+        SeedParams(zero_shot_labels="top_k")

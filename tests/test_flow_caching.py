@@ -420,3 +420,50 @@ def test_clip_seeds_label_the_collection_from_a_text_image_model(first_run, data
     again, states = _run(train, val, store, params)
     assert states["clip"] == {"Cached"} and states["seed"] == {"Cached"} and again.seeds == summary.seeds
 
+
+
+def test_a_folder_without_labels_is_labelled_zero_shot(tiny_clip, tmp_path, monkeypatch, sample_root):
+    """A folder of three images, one with labels and two without, and a class list: with
+    seed.zero_shot_labels the two get the class their proposals are most taken for (top 1) before seeding,
+    and every image is seeded among its (given or predicted) labels and background."""
+    import shutil
+
+    from maskbank.flows import runtime
+    from maskbank.flows.label import label_images
+    from maskbank.flows.params import SeedParams
+    from maskbank.flows.stages.clip import clip_pooled_key
+    from maskbank.flows.stages.ingest import DatasetInput, ingest
+    from maskbank.flows.stages.propose import proposals_key
+    from maskbank.flows.stages.seed import predict_image_labels
+    from maskbank.storage.store import Store
+    from maskbank.storage.versions import read_version
+    from maskbank.tasks.clip_masks import ClipMaskConfig, ClipMaskEmbedder
+    from maskbank.tasks.models.backbone import load_backbone
+    from maskbank.tasks.models.text_image import TextEncoder, load_tokenizer
+
+    model = load_backbone(tiny_clip)
+    monkeypatch.setattr(runtime, "clip_embedder", lambda name, bias, device="auto": ClipMaskEmbedder(
+        model, ClipMaskConfig(short_side=64, bias=bias, device="cpu")))
+    monkeypatch.setattr(runtime, "text_encoder", lambda name, device="auto": TextEncoder(
+        model, load_tokenizer(tiny_clip), device="cpu"))
+    folder = tmp_path / "photos"
+    (folder / "images").mkdir(parents=True)
+    for image_id in TRAIN[:3]:
+        shutil.copy(sample_root / "train2017" / f"{image_id}.jpg", folder / "images" / f"{image_id}.jpg")
+    (folder / "labels.csv").write_text(f"image,labels\n{TRAIN[0]}.jpg,person\n")
+    params = _light_params().model_copy(update={"seed": SeedParams(method="clip", zero_shot_labels="top_k")})
+    dataset = DatasetInput(path=str(folder), classes=["person", "dog", "car"])
+    store = str(tmp_path / "s.zarr")
+    summary = label_images(datasets=[dataset], store=store, params=params, device="cpu")
+    seeds = read_version(Store.open(store, create=False), summary.seeds).arrays
+    collection = ingest.fn(dataset, store)
+    assert sorted(seeds["image_key"]) == sorted(collection.image_keys)  # the two unlabelled images are seeded too
+    assert [lab is None for lab in collection.labels] == [False, True, True]
+    pooled = clip_pooled_key(proposals_key(params.propose), params.seed)
+    labelled = predict_image_labels.fn(store, collection, pooled, params.seed, device="cpu")
+    assert labelled.labels[0] == collection.labels[0] == [1]  # person, as given
+    assert all(len(lab) == 1 and lab[0] in (1, 2, 3) for lab in labelled.labels[1:])  # top 1 of the classes
+    assert "2 images without labels took the classes clip_b16 sees in them (top_k)" in labelled.notes
+    allowed = {k: {0, *lab} for k, lab in zip(labelled.image_keys, labelled.labels)}
+    for row, label in zip(seeds["proposal_image"], seeds["proposal_label"]):
+        assert label in allowed[str(seeds["image_key"][row])]

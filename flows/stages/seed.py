@@ -19,7 +19,9 @@ from maskbank.storage.layout import POOLED, PSEUDO_LABELS
 from maskbank.storage.store import Store
 from maskbank.storage.versions import version_exists, version_id
 from maskbank.tasks.classes import multi_hot
-from maskbank.tasks.clip_seed import clip_seed_labels, dust_bin, text_embeddings
+from maskbank.tasks.clip_seed import (
+    clip_seed_labels, dust_bin, image_class_scores, text_embeddings, zero_shot_image_labels,
+)
 from maskbank.tasks.collection import label_evidence
 from maskbank.tasks.models.device import resolve_device
 from maskbank.tasks.seed import seed_images
@@ -76,15 +78,54 @@ def seed_collection(
     return label_version_ref(st, store, KIND, vid)
 
 
+@cached_task("predict", MODULES)
+def predict_image_labels(
+    store: str, collection: DatasetRef, pooled_key: str, params: SeedParams, skip: list[str] | None = None,
+    device: str = "auto",
+) -> DatasetRef:
+    """The collection with labels for its images that have none (``params.zero_shot_labels``): the classes
+    their proposals' CLIP embeddings (``pooled_key``) are taken for."""
+    rows = unskipped(collection.unlabelled_indices(), collection.image_keys, skip)
+    if not rows:
+        return collection
+    st = Store.open(store, create=False)
+    keys = [collection.image_keys[i] for i in rows]
+    counts = st.element_counts(POOLED, pooled_key, keys)
+    read = pooled_reader(st, pooled_key, keys)
+    class_text, bin_text = _text(collection, params, device)
+    scores = np.zeros((len(rows), len(collection.class_names)), np.float32)
+    with StageProgress("predict", len(rows), unit="image", what="images without labels labelled") as progress:
+        for block in blocks(len(rows), CLIP_BLOCK_IMAGES):
+            images = np.arange(block.start, block.stop)
+            features, _ = read(images)
+            scores[images] = image_class_scores(features, np.repeat(images - block.start, counts[images]),
+                                                len(images), class_text, bin_text, params.clip_config())
+            progress.advance(len(images))
+    mode = params.zero_shot_labels
+    predicted = zero_shot_image_labels(scores, top_k=params.zero_shot_top_k if mode == "top_k" else None,
+                                       threshold=params.zero_shot_threshold if mode == "threshold" else None)
+    labels = list(collection.labels)
+    for i, classes in zip(rows, predicted):
+        labels[i] = classes
+    note = f"{len(rows)} images without labels took the classes {params.text_model} sees in them ({mode})"
+    return collection.model_copy(update={"labels": labels, "notes": [*collection.notes, note]})
+
+
+def _text(collection: DatasetRef, params: SeedParams, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Unit text embeddings of the class names (row 0, background or the placeholder where there is none, is
+    zero) and of the dust bin's words, by ``params.text_model``."""
+    encode = runtime.text_encoder(params.text_model, device)
+    names = collection.class_names
+    classes = text_embeddings(encode, names[1:])
+    return (np.concatenate([np.zeros((1, classes.shape[1]), np.float32), classes]),
+            text_embeddings(encode, dust_bin(names[1:])))
+
+
 def _clip_seeds(read, counts: np.ndarray, image_labels: np.ndarray, collection: DatasetRef, params: SeedParams,
                 device: str) -> tuple[np.ndarray, np.ndarray]:
     """Labels and confidences of every proposal from their CLIP embeddings (``read``), a block of images at a
     time, against the text embeddings of the class names and of the dust bin."""
-    encode = runtime.text_encoder(params.text_model, device)
-    names = collection.class_names
-    classes = text_embeddings(encode, names[1:])  # class 0 is background, or the placeholder where there is none
-    class_text = np.concatenate([np.zeros((1, classes.shape[1]), np.float32), classes])
-    bin_text = text_embeddings(encode, dust_bin(names[1:]))
+    class_text, bin_text = _text(collection, params, device)
     labels, confidence = [], []
     with StageProgress("seed", int(counts.sum()), unit="proposal", what="proposals classified") as progress:
         for block in blocks(len(counts), CLIP_BLOCK_IMAGES):
