@@ -143,6 +143,11 @@ class SeedParams(_Params):
                        tuple(n for n in type(self).model_fields if n != "zero_shot_threshold"))
         if self.method == "clip":
             _refuse_unused(self, True, "seed.method is 'clip'", ("method", *clip_only))
+            from maskbank.storage.weights.registry import CLIP_CHECKPOINTS
+
+            if self.text_model not in CLIP_CHECKPOINTS:
+                raise ValueError(f"seed.method 'clip' embeds the proposals with a CLIP image encoder: text_model "
+                                 f"must be one of {', '.join(CLIP_CHECKPOINTS)}, not {self.text_model!r}")
         else:
             _refuse_unused(self, True, "seed.method is 'labels'", tuple(n for n in type(self).model_fields
                                                                         if n not in clip_only))

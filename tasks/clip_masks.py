@@ -63,10 +63,13 @@ class ClipMaskEmbedder:
     """One unit embedding per proposal, in the text embeddings' space of a ``transformers`` ``CLIPModel``."""
 
     def __init__(self, model: CLIPModel, config: ClipMaskConfig | None = None) -> None:
+        vision = getattr(model, "vision_model", None)
+        if vision is None or not hasattr(vision, "pre_layrnorm") or not hasattr(model, "visual_projection"):
+            raise ValueError(f"DBA-CLIP mask embeddings need a CLIP model (a pre-layernorm vision tower and a visual "
+                             f"projection), got {type(model).__name__}")
         self.config = config or ClipMaskConfig()
         self.device = resolve_device(self.config.device)
         self.model = model.to(self.device).eval()
-        vision = model.vision_model
         self.patch_size = int(vision.config.patch_size)
         self._mean = torch.tensor(self.config.mean, dtype=torch.float32).view(3, 1, 1)
         self._std = torch.tensor(self.config.std, dtype=torch.float32).view(3, 1, 1)

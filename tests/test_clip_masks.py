@@ -124,5 +124,14 @@ def test_the_embedder_equals_a_token_by_token_reference():
 def test_bad_settings_and_images_are_refused():
     with pytest.raises(ValueError, match="bias must be <= 0"):
         ClipMaskConfig(bias=1.0)
+    from transformers import SiglipConfig, SiglipModel
+
+    siglip = SiglipModel(SiglipConfig(
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 16, "patch_size": PATCH},
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "vocab_size": 64}))
+    with pytest.raises(ValueError, match="need a CLIP model"):
+        ClipMaskEmbedder(siglip)
     with pytest.raises(ValueError, match="uint8"):
         _embedder()(np.zeros((16, 16, 3), np.float32), _masks((16, 16)))

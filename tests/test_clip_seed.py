@@ -142,6 +142,8 @@ def test_the_seed_method_s_settings_act_or_are_refused():
         SeedParams(method="clip", rounds=2, claim_labels=False)
     with pytest.raises(ValidationError, match="text_model, background_power would have no effect: seed.method is 'labels'"):
         SeedParams(text_model="clip_l14", background_power=2.0)
+    with pytest.raises(ValidationError, match="text_model must be one of clip_b16, clip_l14, not 'siglip_b16'"):
+        SeedParams(method="clip", text_model="siglip_b16")
     with pytest.raises(ValidationError, match="'dinov2_s' is not a text-image checkpoint"):
         SeedParams(method="clip", text_model="dinov2_s")
     assert SeedParams(rounds=2).config().rounds == 2

@@ -225,6 +225,9 @@ TEXT_IMAGE_AND_DETECTORS = (
 )
 """Checkpoints of the text-image paths. No package registry carries their weights, so they have the upstream
 source only, and no quality figure is measured with them here."""
+CLIP_CHECKPOINTS = ("clip_b16", "clip_l14")
+"""The text-image checkpoints with CLIP's architecture (a pre-layernorm vision tower and a visual projection),
+which the proposals' DBA-CLIP embeddings need."""
 REGISTRY.update({c.name: c for c in TEXT_IMAGE_AND_DETECTORS})
 
 
