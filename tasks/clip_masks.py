@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import torch
 
+from maskbank.tasks.embed import normalised_pixels
 from maskbank.tasks.geometry import PatchGeometry
 from maskbank.tasks.mask_attention import attention_bias, token_membership
 from maskbank.tasks.models.device import autocast, resolve_device
@@ -79,11 +79,7 @@ class ClipMaskEmbedder:
         return PatchGeometry.for_image(image_hw, round(self.config.short_side * max(h, w) / min(h, w)), self.patch_size)
 
     def _pixels(self, image: np.ndarray, geometry: PatchGeometry) -> torch.Tensor:
-        rh, rw = geometry.resized_hw
-        resized = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if rh < image.shape[0] else cv2.INTER_CUBIC)
-        x = (torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float() / 255.0 - self._mean) / self._std
-        ph, pw = geometry.padded_hw
-        return torch.nn.functional.pad(x, (0, pw - rw, 0, ph - rh))[None].to(self.device)
+        return normalised_pixels(image, geometry, self._mean, self._std).to(self.device)
 
     @torch.no_grad()
     def patch_embeddings(self, image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, PatchGeometry]:

@@ -66,6 +66,19 @@ class FeatureGrid:
             raise ValueError(f"features grid {self.features.shape[:2]} != geometry grid {self.geometry.grid_hw}")
 
 
+def normalised_pixels(image: np.ndarray, geometry: PatchGeometry, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``uint8[H, W, 3]`` ``image`` resized to ``geometry.resized_hw`` (area when shrinking, bilinear when
+    enlarging), scaled to [0, 1], normalised by ``[3, 1, 1]`` ``mean`` and ``std`` and zero-padded at the bottom
+    and right to ``geometry.padded_hw``: ``[1, 3, Hp*P, Wp*P]`` float32."""
+    rh, rw = geometry.resized_hw
+    shrink = rh * rw < image.shape[0] * image.shape[1]
+    resized = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float().div_(255.0)
+    x = (x - mean) / std
+    ph, pw = geometry.padded_hw
+    return torch.nn.functional.pad(x, (0, pw - rw, 0, ph - rh))[None]
+
+
 class FeatureExtractor:
     """Runs a ViT backbone (``transformers``, e.g. ``Dinov2Model``) on ``uint8[H, W, 3]`` RGB images, one at a
     time or in batches (:meth:`batch`: images whose token grids are equal share a forward pass).
@@ -101,13 +114,7 @@ class FeatureExtractor:
 
     def preprocess(self, image: np.ndarray, geometry: PatchGeometry) -> torch.Tensor:
         """Resize, normalise and zero-pad ``image`` to ``[1, 3, Hp*P, Wp*P]`` float32."""
-        rh, rw = geometry.resized_hw
-        shrink = rh * rw < image.shape[0] * image.shape[1]
-        resized = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1).float().div_(255.0)
-        x = (x - self._mean) / self._std
-        ph, pw = geometry.padded_hw
-        return torch.nn.functional.pad(x, (0, pw - rw, 0, ph - rh))[None]
+        return normalised_pixels(image, geometry, self._mean, self._std)
 
     def __call__(self, image: np.ndarray) -> FeatureGrid:
         return self.batch([image])[0]
