@@ -135,3 +135,34 @@ def test_bad_settings_and_images_are_refused():
         ClipMaskEmbedder(siglip)
     with pytest.raises(ValueError, match="uint8"):
         _embedder()(np.zeros((16, 16, 3), np.float32), _masks((16, 16)))
+
+
+def test_clip_seeds_of_a_tiny_model_equal_the_reference_chain():
+    """Proposal embeddings by the embedder, then seeds by the seed rule, against the same two steps written out
+    (the token-by-token last block, pooled by hand; the proposal-by-proposal rule of test_clip_seed)."""
+    from test_clip_seed import _reference as reference_seeds
+
+    from maskbank.tasks.clip_seed import ClipSeedConfig, clip_seed_labels
+    from maskbank.tasks.mask_attention import token_membership
+
+    embedder = _embedder(1, bias=-4.0, residual_weight=2.0)
+    image, masks = _image(hw=(16, 16)), _masks((16, 16))[:2]
+    grid, geometry = embedder.patch_embeddings(image, masks)
+    weights = np.stack([geometry.patch_weights(m) for m in masks])
+    pixels = embedder._pixels(image, geometry)[0].double().numpy()
+    patches = _reference(embedder.model, pixels, token_membership(weights), -4.0, 2.0).reshape(-1, 8)
+    pooled = weights.reshape(2, -1) @ patches / weights.reshape(2, -1).sum(1, keepdims=True)
+    expected_embeddings = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    got_embeddings = embedder(image, masks)
+    np.testing.assert_allclose(got_embeddings, expected_embeddings, rtol=1e-4, atol=1e-5)
+    rng = np.random.default_rng(0)
+    text = rng.standard_normal((5, 8)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    class_text, bin_text = text[:3], text[3:]
+    labels = np.array([[False, True, True]])
+    config = ClipSeedConfig(temperature=10.0)
+    got = clip_seed_labels(got_embeddings, np.zeros(2, int), labels, class_text, bin_text, config=config)
+    want = reference_seeds(expected_embeddings.astype(np.float32), np.zeros(2, int), labels, class_text, bin_text,
+                           True, config)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-4)
