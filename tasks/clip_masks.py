@@ -26,7 +26,7 @@ from maskbank.tasks.embed import normalised_pixels
 from maskbank.tasks.geometry import PatchGeometry
 from maskbank.tasks.mask_attention import attention_bias, token_membership
 from maskbank.tasks.models.device import autocast, resolve_device
-from maskbank.tasks.pooling import pool_masks
+from maskbank.tasks.pooling import mask_weights, pool_weights
 
 if TYPE_CHECKING:
     from transformers import CLIPModel
@@ -81,13 +81,15 @@ class ClipMaskEmbedder:
     def _pixels(self, image: np.ndarray, geometry: PatchGeometry) -> torch.Tensor:
         return normalised_pixels(image, geometry, self._mean, self._std).to(self.device)
 
-    @torch.no_grad()
     def patch_embeddings(self, image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, PatchGeometry]:
         """``float32[Hp, Wp, D]`` projected patch embeddings of ``image`` with ``[N, H, W]`` ``masks`` biasing
         the last block, and the grid's geometry."""
         geometry = self.geometry(image.shape[:2])
-        weights = (np.stack([geometry.patch_weights(m) for m in masks]) if len(masks)
-                   else np.zeros((0, *geometry.grid_hw), np.float32))
+        return self._grid(image, geometry, mask_weights(geometry, masks)), geometry
+
+    @torch.no_grad()
+    def _grid(self, image: np.ndarray, geometry: PatchGeometry, weights: np.ndarray) -> np.ndarray:
+        """The projected patch embeddings, the last block biased by the proposals' ``[N, Hp, Wp]`` cell covers."""
         vision = self.model.vision_model
         with autocast(self.device, self.config.bf16):
             x = vision.embeddings(self._pixels(image, geometry), interpolate_pos_encoding=True)
@@ -99,7 +101,7 @@ class ClipMaskEmbedder:
             bias = attention_bias(token_membership(weights), x.shape[1] - n_patch, self.config.bias)
             x = self._last_block(vision.encoder.layers[-1], x, bias.to(self.device, x.dtype))
             x = self.model.visual_projection(vision.post_layernorm(x[:, x.shape[1] - n_patch :]))
-        return x[0].float().reshape(*geometry.grid_hw, -1).cpu().numpy(), geometry
+        return x[0].float().reshape(*geometry.grid_hw, -1).cpu().numpy()
 
     def _last_block(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         attn = layer.self_attn
@@ -122,5 +124,6 @@ class ClipMaskEmbedder:
         masks)."""
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError("image must be a uint8[H, W, 3] RGB array")
-        grid, geometry = self.patch_embeddings(image, masks)
-        return pool_masks(grid, geometry, masks)
+        geometry = self.geometry(image.shape[:2])
+        weights = mask_weights(geometry, masks)
+        return pool_weights(self._grid(image, geometry, weights), weights)

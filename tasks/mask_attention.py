@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from maskbank.tasks.embed import FeatureExtractor
-from maskbank.tasks.geometry import PatchGeometry
 from maskbank.tasks.models.device import autocast
 
 MEMBER_COVER = 0.5
@@ -72,14 +71,15 @@ def check_backbone(extractor: FeatureExtractor) -> None:
 
 
 @torch.no_grad()
-def masked_features(extractor: FeatureExtractor, image: np.ndarray, masks: np.ndarray, bias: float,
-                    geometry: PatchGeometry | None = None) -> np.ndarray:
-    """The extractor's ``float32[Hp, Wp, C]`` patch features of ``image`` with ``[N, H, W]`` proposal ``masks``
-    biasing the attention of the feature block (``bias`` 0 gives the plain features)."""
+def masked_features(extractor: FeatureExtractor, image: np.ndarray, weights: np.ndarray, bias: float) -> np.ndarray:
+    """The extractor's ``float32[Hp, Wp, C]`` patch features of ``image`` with its proposals biasing the
+    attention of the feature block (``bias`` 0 gives the plain features); ``weights``: the ``[N, Hp, Wp]``
+    cell covers of the proposals (:func:`~maskbank.tasks.pooling.mask_weights`), the same that pool them."""
     check_backbone(extractor)
     embeddings, blocks = _vit_parts(extractor.model)
-    geometry = geometry or extractor.geometry(image.shape[:2])
-    weights = np.stack([geometry.patch_weights(m) for m in masks]) if len(masks) else np.zeros((0, *geometry.grid_hw))
+    geometry = extractor.geometry(image.shape[:2])
+    if np.shape(weights)[1:] != geometry.grid_hw:
+        raise ValueError(f"weights must be [N, {geometry.grid_hw[0]}, {geometry.grid_hw[1]}], got {np.shape(weights)}")
     x = extractor.preprocess(image, geometry).to(extractor.device)
     n_hidden = extractor.model.config.num_hidden_layers + 1
     last = extractor.config.layer % n_hidden

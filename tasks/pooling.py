@@ -48,18 +48,24 @@ def soft_pool(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return pool_weights(features, weights[None])[0]
 
 
-def pool_masks(features: np.ndarray, geometry: PatchGeometry, masks: np.ndarray) -> np.ndarray:
-    """One unit feature per ``[N, H, W]`` image mask, ``[N, C]`` float32; empty masks give zero rows."""
-    features = np.asarray(features)
+def mask_weights(geometry: PatchGeometry, masks: np.ndarray) -> np.ndarray:
+    """``float32[N, Hp, Wp]``: the fraction of each token's cell each of ``[N, H, W]`` image masks covers
+    (:meth:`PatchGeometry.patch_weights`), the weights of soft-masked pooling."""
     masks = np.asarray(masks)
-    if features.ndim != 3 or features.shape[:2] != geometry.grid_hw:
-        raise ValueError(f"features shape {features.shape} does not match grid {geometry.grid_hw}")
     if masks.ndim != 3 or masks.shape[1:] != geometry.image_hw:
         raise ValueError(f"masks must be [N, {geometry.image_hw[0]}, {geometry.image_hw[1]}], got {masks.shape}")
     weights = np.zeros((masks.shape[0], *geometry.grid_hw), np.float32)
     for i, mask in enumerate(masks):
         weights[i] = geometry.patch_weights(mask)
-    return pool_weights(features, weights)
+    return weights
+
+
+def pool_masks(features: np.ndarray, geometry: PatchGeometry, masks: np.ndarray) -> np.ndarray:
+    """One unit feature per ``[N, H, W]`` image mask, ``[N, C]`` float32; empty masks give zero rows."""
+    features = np.asarray(features)
+    if features.ndim != 3 or features.shape[:2] != geometry.grid_hw:
+        raise ValueError(f"features shape {features.shape} does not match grid {geometry.grid_hw}")
+    return pool_weights(features, mask_weights(geometry, masks))
 
 
 def mask_means(values: np.ndarray, masks: np.ndarray) -> np.ndarray:

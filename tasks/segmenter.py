@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from maskbank.tasks.geometry import PatchGeometry
-from maskbank.tasks.pooling import l2_normalize
+from maskbank.tasks.pooling import l2_normalize, mask_weights
 from maskbank.tasks.models.device import resolve_device
 
 UPSAMPLE_CHANNELS = 256
@@ -99,9 +99,7 @@ def allowed_classes(labels: Sequence[int] | None, background: bool) -> list[int]
 def proposal_cover(geometry: PatchGeometry, masks: np.ndarray) -> np.ndarray:
     """``[N, T]`` float32: the fraction of each of the grid's ``T`` token cells each of ``[N, H, W]`` masks
     covers (the weights soft-masked pooling gives the tokens)."""
-    if not len(masks):
-        return np.zeros((0, geometry.grid_hw[0] * geometry.grid_hw[1]), np.float32)
-    return np.stack([geometry.patch_weights(m).reshape(-1) for m in masks]).astype(np.float32)
+    return mask_weights(geometry, masks).reshape(len(masks), geometry.grid_hw[0] * geometry.grid_hw[1])
 
 
 def token_targets(cover: np.ndarray, labels: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

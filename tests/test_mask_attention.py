@@ -10,6 +10,7 @@ from transformers import Dinov2Config, Dinov2Model
 
 from maskbank.tasks.embed import EmbedConfig, FeatureExtractor
 from maskbank.tasks.mask_attention import attention_bias, check_backbone, masked_features, token_membership
+from maskbank.tasks.pooling import mask_weights
 
 PATCH = 4
 
@@ -19,6 +20,11 @@ def _extractor(layers: int = 2, layer: int = -1, attention: str = "eager") -> Fe
     config = Dinov2Config(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
                           patch_size=PATCH, image_size=32, attn_implementation=attention)
     return FeatureExtractor(Dinov2Model(config), EmbedConfig(layer=layer, long_side=32, device="cpu"))
+
+
+def _masked(fx: FeatureExtractor, image: np.ndarray, masks: np.ndarray, bias: float) -> np.ndarray:
+    """The mask-attention features of ``image`` with ``masks`` as its proposals."""
+    return masked_features(fx, image, mask_weights(fx.geometry(image.shape[:2]), masks), bias)
 
 
 def _image(seed: int = 0) -> np.ndarray:
@@ -41,7 +47,7 @@ def test_a_token_belongs_to_the_proposals_that_cover_half_its_cell():
 
 def test_an_image_without_proposals_has_a_grid_too():
     fx = _extractor()
-    grid = masked_features(fx, _image(), np.zeros((0, 24, 32), bool), -10.0)
+    grid = _masked(fx, _image(), np.zeros((0, 24, 32), bool), -10.0)
     assert grid.shape == (6, 8, 32) and np.isfinite(grid).all()
 
 
@@ -63,11 +69,11 @@ def test_no_bias_gives_the_plain_features(attention):
     masks[0, :12, :16] = True
     masks[1, 12:] = True
     plain = fx(image).features.astype(np.float32)
-    again = masked_features(fx, image, masks, 0.0)
+    again = _masked(fx, image, masks, 0.0)
     assert again.shape == plain.shape == (6, 8, 32)
     tolerance = 2e-3 * np.abs(plain).max()  # the plain grid is float16
     np.testing.assert_allclose(again, plain, atol=tolerance)
-    assert np.abs(masked_features(fx, image, masks, -4.0) - plain).max() > 10 * tolerance
+    assert np.abs(_masked(fx, image, masks, -4.0) - plain).max() > 10 * tolerance
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
@@ -82,8 +88,8 @@ def test_tokens_outside_a_proposal_get_no_attention_from_it(attention):
     other = image.copy()
     other[8:] = _image(1)[8:]
     other[:8, 8:] = _image(1)[:8, 8:]
-    hard = [masked_features(fx, im, masks, -1e4) for im in (image, other)]
-    soft = [masked_features(fx, im, masks, 0.0) for im in (image, other)]
+    hard = [_masked(fx, im, masks, -1e4) for im in (image, other)]
+    soft = [_masked(fx, im, masks, 0.0) for im in (image, other)]
     np.testing.assert_allclose(hard[0][:2, :2], hard[1][:2, :2], atol=1e-5)
     assert np.abs(soft[0][:2, :2] - soft[1][:2, :2]).max() > 1e-3  # 100 times the tolerance above
     assert np.abs(hard[0][2:] - hard[1][2:]).max() > 1e-2  # the changed region changed
@@ -96,7 +102,7 @@ def test_a_proposal_without_a_whole_token_still_sees_its_own_cell():
     masks[0, 1:3, 1:3] = True  # a quarter of token (0, 0)
     other = image.copy()
     other[4:] = _image(1)[4:]
-    a, b = (masked_features(fx, im, masks, -1e4) for im in (image, other))
+    a, b = (_masked(fx, im, masks, -1e4) for im in (image, other))
     np.testing.assert_allclose(a[0, 0], b[0, 0], atol=1e-5)
 
 
@@ -163,7 +169,7 @@ def test_mask_attention_gives_each_proposal_the_feature_of_its_own_region():
         image = (np.clip(image + 0.03 * rng.standard_normal(image.shape), 0, 1) * 255).astype(np.uint8)
         masks = np.stack([region == 0, region == 1])
         own = np.stack([alone[c] for c in classes])
-        for name, features in (("plain", fx(image).features), ("masked", masked_features(fx, image, masks, -1e4))):
+        for name, features in (("plain", fx(image).features), ("masked", _masked(fx, image, masks, -1e4))):
             nearest = (pool_masks(features, geometry, masks) @ own.T).argmax(axis=1)
             right[name] += list(nearest == [0, 1])
     accuracy = {name: float(np.mean(r)) for name, r in right.items()}

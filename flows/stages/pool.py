@@ -14,7 +14,7 @@ from maskbank.storage.datasets import load_rgb
 from maskbank.storage.layout import FEATURES, POOLED, PROPOSALS, SETTINGS_CODE
 from maskbank.storage.store import ImageOutput, Store, feature_geometry
 from maskbank.tasks.mask_attention import check_backbone, masked_features
-from maskbank.tasks.pooling import mask_means, pool_masks, saliency_at_image
+from maskbank.tasks.pooling import mask_means, mask_weights, pool_weights, saliency_at_image
 
 MODULES = ("maskbank.tasks.pooling", "maskbank.tasks.geometry", "maskbank.tasks.mask_attention", __name__)
 
@@ -51,10 +51,11 @@ def pool_shard(store: str, key: str, jobs: list[ImageJob], proposals_key: str, f
         out = st.read_image(FEATURES, features_key, job.key).arrays
         features, geometry = out["features"], feature_geometry(out)
         masks = props.masks()
+        weights = mask_weights(geometry, masks)
         if fx is not None and len(masks):
             image = load_rgb(job.path, exif_transpose=job.exif_transpose)
-            features = masked_features(fx, image, masks, params.attention_bias, geometry)
-        pooled = pool_masks(features, geometry, masks)
+            features = masked_features(fx, image, weights, params.attention_bias)
+        pooled = pool_weights(features, weights)
         if "saliency" in out:
             saliency = mask_means(saliency_at_image(out["saliency"], props.image_hw), masks)
         else:
