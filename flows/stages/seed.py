@@ -95,11 +95,9 @@ def predict_image_labels(
     class_text, bin_text = _text(collection, params, device)
     scores = np.zeros((len(rows), len(collection.class_names)), np.float32)
     with StageProgress("predict", len(rows), unit="image", what="images without labels labelled") as progress:
-        for block in blocks(len(rows), CLIP_BLOCK_IMAGES):
-            images = np.arange(block.start, block.stop)
-            features, _ = read(images)
-            scores[images] = image_class_scores(features, np.repeat(images - block.start, counts[images]),
-                                                len(images), class_text, bin_text, params.clip_config())
+        for images, features, index in _clip_blocks(read, counts):
+            scores[images] = image_class_scores(features, index - images[0], len(images), class_text, bin_text,
+                                                params.clip_config())
             progress.advance(len(images))
     mode = params.zero_shot_labels
     predicted = zero_shot_image_labels(scores, top_k=params.zero_shot_top_k if mode == "top_k" else None,
@@ -109,6 +107,15 @@ def predict_image_labels(
         labels[i] = classes
     note = f"{len(rows)} images without labels took the classes {params.text_model} sees in them ({mode})"
     return collection.model_copy(update={"labels": labels, "notes": [*collection.notes, note]})
+
+
+def _clip_blocks(read, counts: np.ndarray):
+    """``(images, embeddings, image of each embedding)`` of the images ``read`` gives (positions ``0..len(counts)``,
+    each with ``counts`` proposals), :data:`CLIP_BLOCK_IMAGES` images at a time."""
+    for block in blocks(len(counts), CLIP_BLOCK_IMAGES):
+        images = np.arange(block.start, block.stop)
+        features, _ = read(images)
+        yield images, features, np.repeat(images, counts[images])
 
 
 def _text(collection: DatasetRef, params: SeedParams, device: str) -> tuple[np.ndarray, np.ndarray]:
@@ -128,10 +135,7 @@ def _clip_seeds(read, counts: np.ndarray, image_labels: np.ndarray, collection: 
     class_text, bin_text = _text(collection, params, device)
     labels, confidence = [], []
     with StageProgress("seed", int(counts.sum()), unit="proposal", what="proposals classified") as progress:
-        for block in blocks(len(counts), CLIP_BLOCK_IMAGES):
-            images = np.arange(block.start, block.stop)
-            features, _ = read(images)
-            index = np.repeat(images, counts[images])
+        for _, features, index in _clip_blocks(read, counts):
             lab, conf = clip_seed_labels(features, index, image_labels, class_text, bin_text,
                                          background=collection.has_background, config=params.clip_config())
             labels.append(lab)
