@@ -121,7 +121,8 @@ def label_images(
             the flow's process, each with an equal share of the cores.
         dask: address of a running Dask scheduler (tcp://host:8786) whose workers run those shards instead;
             they need maskbank installed, this run's Prefect API and result storage, and the store.
-        batch: images per forward pass of SAM's encoder and of the backbone; unset, 1 on a CPU and 8 on CUDA.
+        batch: images per forward pass of SAM's encoder and of the embed stage's backbone; unset, 1 on a CPU and
+            8 on CUDA (the pool stage's mask-attention pass takes one image at a time, each with its own bias).
             Results do not depend on it beyond float rounding, and stored outputs are reused whatever it is.
     """
     log = get_run_logger()

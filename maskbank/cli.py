@@ -99,7 +99,8 @@ def _print_summary(summary) -> None:
 
 WORKERS_HELP = "Shards of the per-image stages run at once in this many threads (cores are shared out among them)."
 DASK_HELP = "Run the per-image shards on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786) instead."
-BATCH_HELP = "Images per forward pass of SAM's encoder and the backbone."
+BATCH_HELP = ("Images per forward pass of SAM's encoder and the embed stage's backbone (the pool stage's "
+              "mask-attention pass takes one image at a time).")
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
 
 
