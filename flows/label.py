@@ -4,7 +4,9 @@
                                                         \\-> bank -> retrieve (new images) -> evaluate
 
 With ``seed.method='clip'`` a ``clip`` stage embeds the labelled images' proposals with CLIP (after pool) and
-the seed stage classifies them against the class names' text embeddings.
+the seed stage classifies them against the class names' text embeddings. With ``propose.method='boxes'`` the
+proposals are SAM's masks in a detector's boxes for the class names, and ``seed.method='boxes'`` seeds them
+with their boxes' classes.
 
 ``segment`` trains a linear head on the seeds and fills the pixels no proposal covers; with
 ``retrieve.method='segmenter'`` the head, not the bank, labels the new images.
@@ -122,7 +124,8 @@ def label_images(
         dask: address of a running Dask scheduler (tcp://host:8786) whose workers run those shards instead;
             they need maskbank installed, this run's Prefect API and result storage, and the store.
         batch: images per forward pass of SAM's encoder and of the embed stage's backbone; unset, 1 on a CPU and
-            8 on CUDA (the pool stage's mask-attention pass takes one image at a time, each with its own bias).
+            8 on CUDA (the pool stage's mask-attention pass takes one image at a time, each with its own bias, and
+            so do the detector and SAM with propose.method 'boxes').
             Results do not depend on it beyond float rounding, and stored outputs are reused whatever it is.
     """
     log = get_run_logger()
@@ -140,10 +143,12 @@ def label_images(
              len(target.image_ids) if target else 0, len(jobs))
 
     p = params
-    pk, fk = proposals_key(p.propose), features_key(p.embed)
+    vocabulary = ({"classes": labelled.class_names, "background": labelled.has_background}
+                  if p.propose.method == "boxes" else {})  # what the detector is asked for
+    pk, fk = proposals_key(p.propose, **vocabulary), features_key(p.embed)
     with shard_runner(workers, dask) as runner:
         proposals = _per_image("propose", propose_shard, jobs, p.shard_size, runner, store=store, key=pk,
-                               params=p.propose, device=device, batch=batch, verify=verify)
+                               params=p.propose, device=device, batch=batch, verify=verify, **vocabulary)
         clock.lap("propose")
         features = _per_image("embed", embed_shard, jobs, p.shard_size, runner, store=store, key=fk,
                               params=p.embed, device=device, batch=batch, verify=verify)
@@ -156,7 +161,7 @@ def label_images(
                             proposals_key=pk, features_key=fk, params=p.pool, embed=p.embed,
                             device=device, verify=verify)
         clock.lap("pool")
-        seed_pooled, clipped = plk, []
+        seed_pooled, clipped = (None if p.seed.method == "boxes" else plk), []
         if p.seed.method == "clip":  # the labelled images' proposals embedded by CLIP, for the seed stage
             seed_pooled = clip_pooled_key(pk, p.seed)
             zero_shot = p.seed.zero_shot_labels != "off"

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from maskbank.tasks.clip_masks import ClipMaskConfig
 from maskbank.tasks.clip_seed import ClipSeedConfig
+from maskbank.tasks.detect import DetectConfig
 from maskbank.tasks.embed import EmbedConfig
 from maskbank.tasks.propose import ProposerConfig
 from maskbank.tasks.purify import MIN_AREA_FRACTION
@@ -21,6 +22,7 @@ from maskbank.tasks.segmenter import SegmenterConfig
 _SEED = SeedConfig()
 _CLIP_MASKS = ClipMaskConfig()
 _CLIP_SEED = ClipSeedConfig()
+_DETECT = DetectConfig()
 _SEGMENTER = SegmenterConfig()
 
 
@@ -29,8 +31,10 @@ class _Params(BaseModel):
 
 
 class ProposeParams(_Params):
-    """Segment Anything automatic mask generation."""
+    """Class-agnostic proposals from Segment Anything's automatic mask generation (``automatic``), or SAM's masks
+    in the boxes an open-vocabulary detector finds for the class names (``boxes``, see ``tasks/detect.py``)."""
 
+    method: Literal["automatic", "boxes"] = Field("automatic", description="'automatic': SAM's masks from a grid of point prompts, class-agnostic; 'boxes': the detector's boxes for the dataset's class names, SAM's mask in each, each with its box's class (the pixels in no box are one more region where the classes have a background); seed.method 'boxes' labels them by those classes. No quality figure measured here.")
     model: str = Field("mobile_sam", description="Checkpoint name from `maskbank weights list` (mobile_sam, sam_vit_b, sam_vit_l, sam_vit_h).")
     input_size: int = Field(ProposerConfig.input_size, description="SAM encoder input side: 1024 native; 512 (vit_t only) is about 4x faster but leaves about half the pixels outside every proposal (BENCHMARKS.md).")
     points_per_side: int = Field(ProposerConfig.points_per_side, ge=1, description="Point prompts per image side.")
@@ -41,12 +45,43 @@ class ProposeParams(_Params):
     min_area: float = Field(ProposerConfig.min_area, ge=0, lt=1, description="Smallest non-overlapping region kept, as a fraction of the image (ModuSeg: 300 px at 500x375).")
     bf16: bool = Field(ProposerConfig.bf16, description="bfloat16 autocast (CPU and CUDA).")
     generator: Literal["fast", "stock"] = Field(ProposerConfig.generator, description="'fast': decodes prompts and filters at low resolution before upsampling survivors; 'stock': Meta's SamAutomaticMaskGenerator.")
+    detector: str = Field("grounding_dino_t", description="With method 'boxes': the open-vocabulary detector (grounding_dino_t, grounding_dino_b, owlv2_b16; `maskbank weights list`).")
+    box_threshold: float = Field(_DETECT.box_threshold, ge=0, le=1, description="With method 'boxes': boxes whose best class scores at least this are kept (Grounding DINO's published default).")
+    text_threshold: float = Field(_DETECT.text_threshold, ge=0, le=1, description="With method 'boxes' and a Grounding DINO detector: a class's name tokens must score at least this for its box to take it.")
+    detection_nms_iou: float = Field(_DETECT.nms_iou, ge=0, le=1, description="With method 'boxes': class-wise NMS between the detector's boxes.")
 
     @field_validator("model")
     @classmethod
     def _a_sam_checkpoint(cls, name: str) -> str:
         _checkpoint_role(name, SAM_INPUT_SIZES, "a Segment Anything checkpoint")
         return name
+
+    @field_validator("detector")
+    @classmethod
+    def _a_detector_checkpoint(cls, name: str) -> str:
+        _checkpoint_role(name, ("detector",), "a detector checkpoint")
+        return name
+
+    @model_validator(mode="after")
+    def _settings_act(self) -> "ProposeParams":
+        boxes = self.method == "boxes"
+        unused, why = (AUTOMATIC_ONLY, "the automatic mask generator's") if boxes else (BOX_ONLY, "the detector's")
+        _refuse_unused(self, True, f"propose.method is '{self.method}' (they are {why} settings)",
+                       tuple(n for n in type(self).model_fields if n not in unused))
+        if boxes and not self.detector.startswith("grounding_dino"):
+            _refuse_unused(self, True, f"{self.detector} scores each class on its own (no text tokens)",
+                           tuple(n for n in type(self).model_fields if n != "text_threshold"))
+        return self
+
+    def acting(self) -> dict:
+        """The settings that act with this method (what the proposals' key hashes)."""
+        unused = AUTOMATIC_ONLY if self.method == "boxes" else BOX_ONLY
+        return self.model_dump(mode="json", exclude=set(unused))
+
+    def detect_config(self, device: str = "auto") -> DetectConfig:
+        """The detector's settings, with method 'boxes'."""
+        return DetectConfig(box_threshold=self.box_threshold, text_threshold=self.text_threshold,
+                            nms_iou=self.detection_nms_iou, device=device)
 
     @field_validator("input_size")
     @classmethod
@@ -58,6 +93,12 @@ class ProposeParams(_Params):
                 raise ValueError(f"{model}'s encoder takes {' or '.join(str(s) for s in sizes)}")
         return size
 
+
+BOX_ONLY = ("detector", "box_threshold", "text_threshold", "detection_nms_iou")
+"""Settings of ProposeParams that act with method 'boxes' alone."""
+AUTOMATIC_ONLY = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+                  "box_nms_thresh", "generator")
+"""Settings of ProposeParams that act with method 'automatic' alone."""
 
 SAM_INPUT_SIZES = {"vit_t": (1024, 512), "vit_b": (1024,), "vit_l": (1024,), "vit_h": (1024,)}
 """Encoder input sides each SAM architecture takes (TinyViT's windows also fit 512; ViT's position
@@ -107,10 +148,11 @@ class PoolParams(_Params):
 
 class SeedParams(_Params):
     """Seed labels of labelled images: from image-level labels and cross-image evidence alone (``labels``,
-    see ``tasks/seed.py``), or from a text-image model's view of each proposal (``clip``, see
-    ``tasks/clip_masks.py`` and ``tasks/clip_seed.py``)."""
+    see ``tasks/seed.py``), from a text-image model's view of each proposal (``clip``, see
+    ``tasks/clip_masks.py`` and ``tasks/clip_seed.py``), or from the classes of the detector's boxes the
+    proposals were made in (``boxes``, see ``tasks/box_seed.py``)."""
 
-    method: Literal["labels", "clip"] = Field("labels", description="'labels': from the image labels and the other images' evidence (no model hub needed); 'clip': each proposal embedded by a CLIP image encoder with TUSS's mask-aware last block and classified against the text embeddings of the class names (and a dust bin of stuff words), restricted to the image's labels; no quality figure measured here.")
+    method: Literal["labels", "clip", "boxes"] = Field("labels", description="'labels': from the image labels and the other images' evidence (no model hub needed); 'clip': each proposal embedded by a CLIP image encoder with TUSS's mask-aware last block and classified against the text embeddings of the class names (and a dust bin of stuff words), restricted to the image's labels; 'boxes' (with propose.method 'boxes'): each proposal takes its box's class where the image is labelled with it, the pixels in no box are background. No quality figure measured here for 'clip' or 'boxes'.")
     text_model: str = Field("clip_b16", description="With method 'clip': the CLIP checkpoint (clip_b16, clip_l14; `maskbank weights list`).")
     clip_attention_bias: float = Field(_CLIP_MASKS.bias, le=0, description="With method 'clip': logit bias in CLIP's last block between tokens of different proposals (TUSS: -4).")
     background_power: float = Field(_CLIP_SEED.background_power, gt=0, description="With method 'clip' and a background class: background scores (1 - best kept class probability) to this power (TUSS tunes it in 0.2-5; 1: a class needs half the probability).")
@@ -148,6 +190,8 @@ class SeedParams(_Params):
             if self.text_model not in CLIP_CHECKPOINTS:
                 raise ValueError(f"seed.method 'clip' embeds the proposals with a CLIP image encoder: text_model "
                                  f"must be one of {', '.join(CLIP_CHECKPOINTS)}, not {self.text_model!r}")
+        elif self.method == "boxes":
+            _refuse_unused(self, True, "seed.method is 'boxes' (the boxes' classes are the seeds)", ("method",))
         else:
             _refuse_unused(self, True, "seed.method is 'labels'", tuple(n for n in type(self).model_fields
                                                                         if n not in clip_only))
@@ -235,6 +279,13 @@ class RunParams(_Params):
     bank: BankParams = BankParams()
     retrieve: RetrieveParams = RetrieveParams()
     shard_size: int = Field(8, ge=1, description="Images per cached task.")
+
+    @model_validator(mode="after")
+    def _box_seeds_need_box_proposals(self) -> "RunParams":
+        if self.seed.method == "boxes" and self.propose.method != "boxes":
+            raise ValueError("seed.method 'boxes' labels each proposal with the class of the detector's box it was "
+                             "made in: set propose.method to 'boxes' too")
+        return self
 
     @model_validator(mode="after")
     def _the_head_is_trained_where_it_labels(self) -> "RunParams":

@@ -11,12 +11,14 @@ from functools import lru_cache, update_wrapper
 from maskbank.flows.params import EmbedParams, ProposeParams
 from maskbank.storage.weights import fetch, get_checkpoint
 from maskbank.tasks.clip_masks import ClipMaskConfig, ClipMaskEmbedder
+from maskbank.tasks.detect import BoxDetector, BoxProposer
 from maskbank.tasks.embed import EmbedConfig, FeatureExtractor
 from maskbank.tasks.models.backbone import load_backbone
 from maskbank.tasks.models.text_image import TextEncoder, load_tokenizer
 from maskbank.tasks.models.saliency import SALIENCY_HEAD_FILE, load_saliency_head
 from maskbank.tasks.models.sam import build_sam
-from maskbank.tasks.propose import MaskProposer, ProposerConfig
+from maskbank.tasks.models.device import resolve_device
+from maskbank.tasks.propose import AutocastPredictor, MaskProposer, ProposerConfig
 
 
 def checkpoint_id(name: str) -> str:
@@ -100,6 +102,27 @@ def proposer(params: ProposeParams, device: str = "auto") -> MaskProposer:
     ckpt = get_checkpoint(params.model)
     sam = build_sam(ckpt.role, fetch(params.model), image_size=params.input_size)
     return MaskProposer(sam, proposer_config(params, device))
+
+
+@lru_cache(maxsize=2)
+def detector(name: str):
+    """``(model, processor)`` of detector checkpoint ``name`` (a ``transformers`` Grounding DINO or OWLv2 folder,
+    fetched into the cache on first use); the model keeps no state between calls, so threads share it."""
+    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+    folder = fetch(name)
+    return AutoModelForZeroShotObjectDetection.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+
+
+@_per_thread(maxsize=2)
+def box_proposer(params: ProposeParams, rest_region: bool, device: str = "auto") -> BoxProposer:
+    """Proposals from ``params.detector``'s boxes and SAM's masks in them, one per thread: SAM's predictor holds
+    the image it is working on."""
+    model, processor = detector(params.detector)
+    sam = build_sam(get_checkpoint(params.model).role, fetch(params.model), image_size=params.input_size)
+    predictor = AutocastPredictor(sam.to(resolve_device(device)).eval(), params.bf16)
+    return BoxProposer(BoxDetector(model, processor, params.detect_config(device)), predictor, params.min_area,
+                       rest_region)
 
 
 @lru_cache(maxsize=2)

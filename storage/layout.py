@@ -40,9 +40,14 @@ and features: ``{"propose"|"embed": {parameter: value}, "checkpoint": <checkpoin
 version>}``; pooled: ``{"proposals": <key>, "features": <key>, "code": <code version>}``. Groups written
 before it was recorded have none."""
 SETTINGS_CHECKPOINT = "checkpoint"
-"""In :data:`SETTINGS_ATTR`: what pins the content of the checkpoint the stage ran (its sha256)."""
+"""In :data:`SETTINGS_ATTR`: what pins the content of the checkpoint the stage ran (its sha256); a list where it
+ran two (proposals from a detector's boxes: SAM's, then the detector's)."""
 SETTINGS_CODE = "code"
 """In :data:`SETTINGS_ATTR`: the version of the code that computes the stage."""
+SETTINGS_CLASSES = "classes"
+"""In :data:`SETTINGS_ATTR` of proposals made from a detector's boxes: ``{"names": [...], "background": bool}``,
+the class names whose positions their ``box_class`` holds (position 0, background or its placeholder, is
+never asked for) and whether the pixels in no box are a region of their own (class -1)."""
 
 PSEUDO_LABELS = "pseudo_labels"
 BANK = "bank"

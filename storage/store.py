@@ -55,6 +55,10 @@ PROPOSALS_SCHEMA = Schema(
      "bbox": ("proposal", "xywh"), "area": ("proposal",), "image_hw": ("hw",)},
     element_dim="proposal",
 )
+BOX_PROPOSALS_SCHEMA = Schema(
+    {**PROPOSALS_SCHEMA.dims, "box_class": ("proposal",), "box_score": ("proposal",)}, element_dim="proposal",
+)
+"""Proposals made from a detector's boxes: each also has its box's class and score (see ``Proposals``)."""
 POOLED_SCHEMA = Schema(
     {"features": ("proposal", "channel"), "saliency": ("proposal",), "area": ("proposal",), "image_hw": ("hw",)},
     element_dim="proposal",
@@ -420,10 +424,12 @@ class Store:
     @staticmethod
     def proposals_output(image_key: str, rles: Sequence[Mapping], predicted_iou: np.ndarray | None = None,
                          stability_score: np.ndarray | None = None, bbox: np.ndarray | None = None,
-                         area: np.ndarray | None = None, image_hw: tuple[int, int] | None = None) -> ImageOutput:
+                         area: np.ndarray | None = None, image_hw: tuple[int, int] | None = None,
+                         box_class: np.ndarray | None = None, box_score: np.ndarray | None = None) -> ImageOutput:
         """One image's proposals: compressed COCO RLEs of one ``image_hw`` and per-mask values. Missing
         scores are NaN; missing ``bbox`` (xywh) and ``area`` are measured from the RLEs. ``image_hw`` is
-        required when there are no proposals."""
+        required when there are no proposals. Proposals from a detector's boxes also give ``box_class`` and
+        ``box_score`` (together)."""
         n = len(rles)
         hw = _rle_size(rles) if n else None
         if image_hw is not None and hw not in (None, tuple(image_hw)):
@@ -441,20 +447,33 @@ class Store:
             "bbox": np.asarray(bbox, np.int32).reshape(n, 4),
             "area": np.asarray(area, np.int64).reshape(n),
         }
+        if (box_class is None) != (box_score is None):
+            raise ValueError("box_class and box_score come together")
+        if box_class is not None:
+            if np.shape(box_class) != (n,):
+                raise ValueError(f"box_class must have one value per mask ({n}), got shape {np.shape(box_class)}")
+            elements["box_class"] = np.asarray(box_class, np.int32)
+            elements["box_score"] = _per_mask("box_score", box_score, n)
         return ImageOutput(image_key, {"image_hw": np.array(hw, np.int32)}, elements)
 
     def write_proposals(self, key: str, outputs: Sequence[ImageOutput], overwrite: bool = False,
                         settings: Mapping | None = None) -> list[str]:
-        """Store proposals made by :meth:`proposals_output`; ``settings`` (what ``key`` hashes, see
-        :data:`~maskbank.storage.layout.SETTINGS_ATTR`) is recorded with the key's group when it is created."""
-        return self.write_images(PROPOSALS, key, PROPOSALS_SCHEMA, outputs, overwrite, _settings_attrs(settings))
+        """Store proposals made by :meth:`proposals_output` (all with box classes, or all without); ``settings``
+        (what ``key`` hashes, see :data:`~maskbank.storage.layout.SETTINGS_ATTR`) is recorded with the key's group
+        when it is created."""
+        boxes = {"box_class" in o.elements for o in outputs}
+        if len(boxes) > 1:
+            raise ValueError("proposals of one key come all with box classes or all without")
+        schema = BOX_PROPOSALS_SCHEMA if boxes == {True} else PROPOSALS_SCHEMA
+        return self.write_images(PROPOSALS, key, schema, outputs, overwrite, _settings_attrs(settings))
 
     def read_proposals(self, key: str, image_key: str, verify: bool = True) -> Proposals:
         out = self.read_image(PROPOSALS, key, image_key, verify)
         hw = tuple(int(v) for v in out.arrays["image_hw"])
         e = out.elements
         rles = [{"size": list(hw), "counts": s} for s in e["rle"].tolist()]
-        return Proposals(rles, e["predicted_iou"], e["stability_score"], e["bbox"], e["area"], hw)
+        return Proposals(rles, e["predicted_iou"], e["stability_score"], e["bbox"], e["area"], hw,
+                         e.get("box_class"), e.get("box_score"))
 
     @staticmethod
     def features_output(image_key: str, features: np.ndarray, geometry: PatchGeometry,

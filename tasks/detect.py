@@ -8,6 +8,10 @@ SAM, prompted with the box, gives its mask. Grounding DINO reads one text of nam
 tokens of its name (which must also reach ``text_threshold``), so boxes map to classes by token positions, not
 by decoding phrases. OWLv2 takes each name as a query of its own (``a photo of a {name}``), ``queries_per_pass``
 at a time.
+
+:class:`BoxProposer` makes an image's proposals of it: SAM's masks in the boxes, made non-overlapping (a
+higher detector score wins a contested pixel), each with its box's class and score, and optionally the rest of
+the image (the pixels in no mask) as one more region of no class, which the seeds make background.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
+from maskbank.tasks import rle
 from maskbank.tasks.models.device import resolve_device
+from maskbank.tasks.proposals import Proposals
+from maskbank.tasks.propose import area_pixels, non_overlapping
 
 if TYPE_CHECKING:
     from segment_anything import SamPredictor
@@ -30,7 +37,8 @@ SEPARATOR = " . "
 
 @dataclass(frozen=True)
 class DetectConfig:
-    """Settings of :class:`BoxDetector` (Grounding DINO's published defaults: box 0.35, text 0.25)."""
+    """Settings of :class:`BoxDetector` (Grounding DINO's published defaults: box 0.35, text 0.25).
+    ``max_text_tokens`` is lowered to the model's own text limit where that is smaller."""
 
     box_threshold: float = 0.35
     text_threshold: float = 0.25
@@ -95,6 +103,7 @@ class BoxDetector:
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray, names: Sequence[str]) -> Boxes:
+        image = np.require(image, requirements="W")  # the processors make tensors of it in place
         h, w = image.shape[:2]
         parts = self._grounding_dino(image, names) if self.family == "grounding_dino" else self._owlv2(image, names)
         boxes = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, 4)
@@ -113,10 +122,11 @@ class BoxDetector:
     def _grounding_dino(self, image: np.ndarray, names: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         tokenizer = self.processor.tokenizer
         count = lambda text: len(tokenizer(text)["input_ids"])
+        limit = min(self.config.max_text_tokens, getattr(self.model.config, "max_text_len", self.config.max_text_tokens))
         pixels = self.processor.image_processor(images=image, return_tensors="pt")
         h, w = image.shape[:2]
         out = []
-        for group in split_prompts(names, count, self.config.max_text_tokens):
+        for group in split_prompts(names, count, limit):
             ids, spans = [tokenizer.cls_token_id], []
             for j in group:
                 name_ids = tokenizer(names[j], add_special_tokens=False)["input_ids"]
@@ -159,14 +169,52 @@ def _corners(boxes: torch.Tensor, w: float, h: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def box_masks(predictor: SamPredictor, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def box_masks(predictor: SamPredictor, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SAM's mask inside each of ``float32[N, 4]`` pixel boxes of ``image`` (one mask per box, the single-output
-    mode SAM uses for box prompts): ``bool[N, H, W]`` and SAM's predicted IoU ``float32[N]``."""
+    mode SAM uses for box prompts): ``bool[N, H, W]``, SAM's predicted IoU and the masks' stability scores
+    (``float32[N]`` each, the stability as SAM's automatic generator measures it)."""
+    from segment_anything.utils.amg import calculate_stability_score
+
     h, w = image.shape[:2]
     if len(boxes) == 0:
-        return np.zeros((0, h, w), bool), np.zeros(0, np.float32)
+        return np.zeros((0, h, w), bool), np.zeros(0, np.float32), np.zeros(0, np.float32)
     predictor.set_image(image)
     prompts = predictor.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float32,
                                                                     device=predictor.device), (h, w))
-    masks, iou, _ = predictor.predict_torch(None, None, boxes=prompts, multimask_output=False)
-    return masks[:, 0].cpu().numpy(), iou[:, 0].float().cpu().numpy()
+    logits, iou, _ = predictor.predict_torch(None, None, boxes=prompts, multimask_output=False, return_logits=True)
+    logits = logits[:, 0].float()
+    threshold = predictor.model.mask_threshold
+    stability = calculate_stability_score(logits, threshold, 1.0)
+    return ((logits > threshold).cpu().numpy(), iou[:, 0].float().cpu().numpy(),
+            stability.float().cpu().numpy().astype(np.float32))
+
+
+class BoxProposer:
+    """An image's proposals from the boxes ``detector`` finds for the named classes, with SAM's mask in each
+    box (``predictor``): non-overlapping (the higher detector score wins a contested pixel), regions under
+    ``min_area`` (a fraction of the image) dropped, each with its box's class (its position in the names) and
+    score. With ``rest_region``, the pixels in no mask (when at least ``min_area``) are one more region, of class
+    -1 and no scores (NaN)."""
+
+    def __init__(self, detector: BoxDetector, predictor: SamPredictor, min_area: float, rest_region: bool) -> None:
+        self.detector, self.predictor = detector, predictor
+        self.min_area, self.rest_region = min_area, rest_region
+
+    def __call__(self, image: np.ndarray, names: Sequence[str]) -> Proposals:
+        hw = image.shape[:2]
+        found = self.detector(image, names)
+        masks, iou, stability = box_masks(self.predictor, image, found.boxes)
+        coded = rle.encode(masks)
+        props = Proposals(coded, iou, stability, rle.bbox(coded), rle.area(coded), hw, found.labels, found.scores)
+        least = area_pixels(self.min_area, hw)
+        props = non_overlapping(props, least, rank=found.scores)
+        if not self.rest_region:
+            return props
+        rest = ~props.masks().any(axis=0) if len(props) else np.ones(hw, bool)
+        if rest.sum() < least:
+            return props
+        extra = rle.encode(rest[None])
+        nan = np.full(1, np.nan, np.float32)
+        return Proposals(props.rles + extra, np.append(props.predicted_iou, nan), np.append(props.stability_score, nan),
+                         np.concatenate([props.bbox, rle.bbox(extra)]), np.append(props.area, rle.area(extra)), hw,
+                         np.append(props.box_class, -1), np.append(props.box_score, nan))

@@ -11,7 +11,11 @@ from maskbank.tasks import rle
 
 @dataclass
 class Proposals:
-    """Masks of one image as COCO RLEs, with SAM's scores and per-mask box (xywh, pixels) and area."""
+    """Masks of one image as COCO RLEs, with SAM's scores and per-mask box (xywh, pixels) and area.
+
+    Proposals made from a detector's boxes also carry each mask's ``box_class`` (the class the detector gave
+    its box, as an index into the class names asked for; -1 for a region that is no box's) and ``box_score``
+    (the detector's score; NaN where there is no box); automatic proposals have neither (None)."""
 
     rles: list[dict]
     predicted_iou: np.ndarray
@@ -19,6 +23,8 @@ class Proposals:
     bbox: np.ndarray
     area: np.ndarray
     image_hw: tuple[int, int]
+    box_class: np.ndarray | None = None
+    box_score: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.image_hw = (int(self.image_hw[0]), int(self.image_hw[1]))
@@ -26,8 +32,14 @@ class Proposals:
         self.stability_score = np.asarray(self.stability_score, dtype=np.float32).reshape(-1)
         self.bbox = np.asarray(self.bbox, dtype=np.int32).reshape(-1, 4)
         self.area = np.asarray(self.area, dtype=np.int64).reshape(-1)
+        if (self.box_class is None) != (self.box_score is None):
+            raise ValueError("box_class and box_score come together")
+        if self.box_class is not None:
+            self.box_class = np.asarray(self.box_class, dtype=np.int32).reshape(-1)
+            self.box_score = np.asarray(self.box_score, dtype=np.float32).reshape(-1)
         n = len(self.rles)
-        lengths = {len(self.predicted_iou), len(self.stability_score), len(self.bbox), len(self.area)}
+        lengths = {len(self.predicted_iou), len(self.stability_score), len(self.bbox), len(self.area),
+                   *((len(self.box_class), len(self.box_score)) if self.box_class is not None else ())}
         if lengths != {n}:
             raise ValueError(f"proposal arrays are not aligned with {n} masks: lengths {sorted(lengths)}")
         for r in self.rles:
@@ -72,4 +84,6 @@ class Proposals:
             self.bbox[picked],
             self.area[picked],
             self.image_hw,
+            None if self.box_class is None else self.box_class[picked],
+            None if self.box_score is None else self.box_score[picked],
         )

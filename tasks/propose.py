@@ -11,7 +11,7 @@ entity masks: higher-scoring masks win contested pixels and small leftovers are 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -78,10 +78,15 @@ class ProposerConfig:
 
     def min_area_pixels(self, image_hw: tuple[int, int]) -> int:
         """``min_area`` in pixels for an image of ``image_hw`` (at least 1)."""
-        return max(1, round(self.min_area * image_hw[0] * image_hw[1]))
+        return area_pixels(self.min_area, image_hw)
 
 
-class _AutocastPredictor(SamPredictor):
+def area_pixels(fraction: float, image_hw: tuple[int, int]) -> int:
+    """An area given as a ``fraction`` of an ``image_hw`` image, in pixels (at least 1)."""
+    return max(1, round(fraction * image_hw[0] * image_hw[1]))
+
+
+class AutocastPredictor(SamPredictor):
     """``SamPredictor`` that runs the encoder and decoder under optional bf16 autocast.
 
     IoU predictions come back as float32 (the generator turns them into numpy, which has no bf16);
@@ -107,7 +112,7 @@ class _Generator(SamAutomaticMaskGenerator):
 
     def __init__(self, sam: Sam, bf16: bool, **kwargs) -> None:
         super().__init__(sam, **kwargs)
-        self.predictor = _AutocastPredictor(sam, bf16)
+        self.predictor = AutocastPredictor(sam, bf16)
 
     def generate_batch(self, images: Sequence[np.ndarray]) -> list[list[dict]]:
         """``generate`` for each image in turn (the stock generator encodes one image at a time)."""
@@ -187,12 +192,13 @@ def _proposals(records: list[dict], image_hw: tuple[int, int]) -> Proposals:
     )
 
 
-def non_overlapping(props: Proposals, min_area: int) -> Proposals:
+def non_overlapping(props: Proposals, min_area: int, rank: np.ndarray | None = None) -> Proposals:
     """Disjoint regions from overlapping proposals.
 
-    Masks are painted in ascending ``score`` order so higher scores win contested pixels (on equal
-    scores the earlier mask wins). Each mask keeps its visible pixels; regions with fewer than
-    ``max(min_area, 1)`` pixels are dropped. Boxes and areas are recomputed, scores and order kept.
+    Masks are painted in ascending ``rank`` order (unset: their ``score``) so higher ranks win contested
+    pixels (on equal ranks the earlier mask wins). Each mask keeps its visible pixels; regions with fewer
+    than ``max(min_area, 1)`` pixels are dropped. Boxes and areas are recomputed; scores, box classes and
+    order kept.
     """
     if min_area < 0:
         raise ValueError(f"min_area must be >= 0, got {min_area}")
@@ -200,12 +206,10 @@ def non_overlapping(props: Proposals, min_area: int) -> Proposals:
         return props
     masks = props.masks()
     owner = np.full(props.image_hw, -1, dtype=np.int64)
-    best_first = np.argsort(-props.score, kind="stable")
+    best_first = np.argsort(-(props.score if rank is None else np.asarray(rank)), kind="stable")
     for i in best_first[::-1]:
         owner[masks[i]] = i
     visible = np.bincount(owner.ravel() + 1, minlength=len(props) + 1)[1:]
     keep = np.flatnonzero(visible >= max(min_area, 1))
-    regions = owner[None] == keep[:, None, None]
-    return Proposals.from_rles(
-        rle.encode(regions), props.predicted_iou[keep], props.stability_score[keep], props.image_hw
-    )
+    coded = rle.encode(owner[None] == keep[:, None, None])
+    return replace(props.select(keep), rles=coded, bbox=rle.bbox(coded), area=rle.area(coded))

@@ -49,7 +49,7 @@ def test_check_reads_the_datasets_and_flags_what_looks_wrong(photos, tmp_path, m
     assert re.search(r"^warning: thin classes, in fewer than 4 labelled images.*: dog, persno, person, sky$", text, re.M)
     assert "warning: classes in every labelled image" in text and ": sky" in text
     assert "class 'persno' (1 image) looks like 'person' (2 images); if it is a typo: --rename 'persno=person'" in text
-    assert "propose: model=mobile_sam" in text and "shard_size: 8" in text
+    assert "propose: method=automatic, model=mobile_sam" in text and "shard_size: 8" in text
     assert "store " in text and "new, created by the run" in text
     assert "still to compute: proposals 4, features 4, pooled 4" in text
     assert re.search(r"^time: about \d+ s on this machine's \d+ CPU cores", text, re.M)

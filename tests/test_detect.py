@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from clip_tokenizer import write_clip_tokenizer
+from tiny_detectors import tiny_grounding_dino, tiny_owlv2
 
-from maskbank.tasks.detect import SEPARATOR, BoxDetector, DetectConfig, box_masks, split_prompts
+from maskbank.tasks.detect import SEPARATOR, BoxDetector, BoxProposer, Boxes, DetectConfig, box_masks, split_prompts
 
 NAMES = ["cat", "dog", "traffic light", "car"]
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "cat", "dog", "car", "traffic", "light"]
 
 
 def _image() -> np.ndarray:
@@ -20,42 +19,12 @@ def _image() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def grounding_dino(tmp_path_factory):
-    from transformers import (
-        BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor,
-        GroundingDinoProcessor, SwinConfig,
-    )
-
-    vocab = tmp_path_factory.mktemp("bert") / "vocab.txt"
-    vocab.write_text("\n".join(WORDS) + "\n")
-    config = GroundingDinoConfig(
-        backbone_config=SwinConfig(embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=4, image_size=64,
-                                   out_features=["stage1", "stage2"]),
-        text_config=BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                               vocab_size=len(WORDS)),
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=12, num_feature_levels=2, encoder_n_points=2,
-        decoder_n_points=2, max_text_len=32, use_timm_backbone=False, use_pretrained_backbone=False)
-    torch.manual_seed(0)
-    processor = GroundingDinoProcessor(
-        image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}),
-        tokenizer=BertTokenizer(str(vocab)))
-    return GroundingDinoForObjectDetection(config).eval(), processor
+    return tiny_grounding_dino(tmp_path_factory.mktemp("bert"))
 
 
 @pytest.fixture(scope="module")
 def owlv2(tmp_path_factory):
-    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
-
-    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp_path_factory.mktemp("clip")), model_max_length=16)
-    config = Owlv2Config(
-        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "vocab_size": 49408, "max_position_embeddings": 16},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 64, "patch_size": 16},
-        projection_dim=16)
-    torch.manual_seed(0)
-    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tokenizer)
-    return Owlv2ForObjectDetection(config).eval(), processor
+    return tiny_owlv2(tmp_path_factory.mktemp("clip"))
 
 
 def test_prompts_are_split_at_the_text_limit():
@@ -117,7 +86,7 @@ def test_class_wise_nms_keeps_the_best_box_of_a_class(owlv2):
         assert (overlap <= 0.3).all()
 
 
-def test_sam_gives_one_mask_per_box():
+def _sam_predictor():
     from segment_anything import SamPredictor
 
     from maskbank.tasks.models.sam import assemble_sam
@@ -125,11 +94,16 @@ def test_sam_gives_one_mask_per_box():
 
     torch.manual_seed(0)
     sam = assemble_sam(tiny_vit(64, embed_dims=(8, 16, 32, 320), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)), 64)
-    predictor = SamPredictor(sam.eval())
+    return SamPredictor(sam.eval())
+
+
+def test_sam_gives_one_mask_per_box():
+    predictor = _sam_predictor()
     boxes = np.array([[0, 0, 32, 24], [10, 5, 60, 40]], np.float32)
-    masks, iou = box_masks(predictor, _image(), boxes)
-    assert masks.shape == (2, 48, 64) and masks.dtype == bool and iou.shape == (2,)
-    empty, none = box_masks(predictor, _image(), np.zeros((0, 4), np.float32))
+    masks, iou, stability = box_masks(predictor, _image(), boxes)
+    assert masks.shape == (2, 48, 64) and masks.dtype == bool and iou.shape == stability.shape == (2,)
+    assert ((stability >= 0) & (stability <= 1)).all()
+    empty, none, _ = box_masks(predictor, _image(), np.zeros((0, 4), np.float32))
     assert empty.shape == (0, 48, 64) and none.shape == (0,)
 
 
@@ -140,3 +114,51 @@ def test_other_models_and_settings_are_refused():
         BoxDetector(CLIPModel(CLIPConfig()), None)
     with pytest.raises(ValueError, match="box_threshold"):
         DetectConfig(box_threshold=2.0)
+
+
+class _Found:
+    """A detector that finds the same boxes in every image."""
+
+    def __init__(self, boxes: Boxes) -> None:
+        self.boxes = boxes
+
+    def __call__(self, image, names) -> Boxes:
+        return self.boxes
+
+
+def test_box_proposals_are_sams_masks_in_the_boxes_with_their_classes():
+    """Non-overlapping regions of SAM's box masks, each with its box's class and score; a pixel two masks claim
+    goes to the box of higher score; the rest of the image is one more region of class -1."""
+    predictor = _sam_predictor()
+    found = Boxes(np.array([[0, 0, 40, 30], [20, 10, 64, 48], [5, 5, 20, 20]], np.float32),
+                  np.array([2, 0, 1], np.int32), np.array([0.5, 0.9, 0.4], np.float32))
+    raw, _, _ = box_masks(predictor, _image(), found.boxes)
+    assert (raw[0] & raw[1]).any() and (raw[0] & raw[2]).any() and not raw.any(axis=0).all()  # contested and free pixels
+    props = BoxProposer(_Found(found), predictor, min_area=0.0, rest_region=True)(_image(), NAMES)
+    masks = props.masks()
+    assert (masks.sum(axis=0) == 1).all()  # disjoint, and with the rest region every pixel in one
+    rest = props.box_class == -1
+    assert rest.sum() == 1 and np.isnan(props.box_score[rest]).all() and np.isnan(props.predicted_iou[rest]).all()
+    np.testing.assert_array_equal(masks[rest][0], ~raw.any(axis=0))
+    best = np.where(raw.any(axis=0), np.argmax(raw * found.scores[:, None, None], axis=0), -1)
+    for mask, cls, score in zip(masks[~rest], props.box_class[~rest], props.box_score[~rest]):
+        j = int(np.flatnonzero(found.scores == score)[0])
+        assert cls == found.labels[j] and (best[mask] == j).all()
+    assert sorted(props.box_score[~rest]) == sorted(found.scores[j] for j in range(3) if (best == j).any())
+    without = BoxProposer(_Found(found), predictor, min_area=0.0, rest_region=False)(_image(), NAMES)
+    assert (without.box_class >= 0).all() and len(without) == len(props) - 1
+    # regions under min_area are dropped, the rest region too
+    small = BoxProposer(_Found(found), predictor, min_area=0.5, rest_region=True)(_image(), NAMES)
+    assert all(a >= 0.5 * 48 * 64 for a in small.area)
+    none = BoxProposer(_Found(Boxes(np.zeros((0, 4), np.float32), np.zeros(0, np.int32), np.zeros(0, np.float32))),
+                       predictor, min_area=0.0, rest_region=True)(_image(), NAMES)
+    assert len(none) == 1 and none.masks().all() and none.box_class.tolist() == [-1]
+
+
+def test_grounding_dino_prompts_fit_the_model_s_own_text_limit(grounding_dino):
+    """A class list longer than the model's text limit (32 tokens here, under the configured 256) is split."""
+    model, processor = grounding_dino
+    names = [f"{w} {v}" for w in ("cat", "dog", "car") for v in ("light", "traffic", "person", "dog", "cat")] * 2
+    found = BoxDetector(model, processor, DetectConfig(box_threshold=0.0, text_threshold=0.0, nms_iou=1.0,
+                                                       device="cpu"))(_image(), names)
+    assert len(found) > 0 and found.labels.max() < len(names)

@@ -422,6 +422,50 @@ def test_clip_seeds_label_the_collection_from_a_text_image_model(first_run, data
 
 
 
+def test_boxes_of_a_detector_propose_and_seed(first_run, data, tmp_path_factory, monkeypatch):
+    """propose.method and seed.method 'boxes' with a tiny Grounding DINO in place of the checkpoint: proposals are
+    SAM's masks in its boxes for the class names, each with its box's class, under a key of their own (the
+    features are reused); each seed is its box's class where the image is labelled with it, unlabelled for a
+    box of another class, background for the rest region; retrieval labels the new images; a rerun is cached."""
+    from tiny_detectors import tiny_grounding_dino
+
+    from maskbank.flows import runtime
+    from maskbank.flows.params import ProposeParams, SeedParams
+    from maskbank.flows.stages.ingest import DatasetInput, ingest
+    from maskbank.flows.stages.labels import proposal_rows
+    from maskbank.flows.stages.propose import proposals_key
+    from maskbank.storage.layout import PROPOSALS, SETTINGS_CLASSES
+    from maskbank.storage.store import Store
+    from maskbank.storage.versions import get_version, read_version
+
+    tiny = tiny_grounding_dino(tmp_path_factory.mktemp("tiny-dino"))
+    monkeypatch.setattr(runtime, "detector", lambda name: tiny)
+    store, _, _ = first_run
+    _, train, val = data
+    propose = ProposeParams(method="boxes", box_threshold=0.0, text_threshold=0.0)
+    params = _light_params().model_copy(update={"propose": propose, "seed": SeedParams(method="boxes")})
+    summary, states = _run(train, val, store, params)
+    assert states["propose"] == {"Completed"} and states["embed"] == {"Cached"} and states["seed"] == {"Completed"}
+    ref = ingest.fn(DatasetInput(path=str(train)), str(store))
+    st = Store.open(store, create=False)
+    key = proposals_key(propose, ref.class_names, ref.has_background)
+    assert st.stage_settings(PROPOSALS, key)[SETTINGS_CLASSES]["names"] == ref.class_names
+    seeds = read_version(st, summary.seeds).arrays
+    assert get_version(st, summary.seeds).params["seed"]["method"] == "boxes"
+    labels = {k: set(v or ()) for k, v in zip(ref.image_keys, ref.labels)}
+    boxed = kept = 0
+    for image_key, rows in zip(*proposal_rows(seeds)):
+        props = st.read_proposals(key, image_key)
+        assert len(props) == rows.stop - rows.start and (props.box_class[:-1] >= 1).all()
+        assert props.box_class[-1] == -1 and np.isnan(props.box_score[-1])  # the rest region (COCO has background)
+        expected = [c if c in labels[image_key] else -1 for c in props.box_class[:-1]] + [0]
+        assert seeds["proposal_label"][rows].tolist() == expected
+        boxed, kept = boxed + len(props) - 1, kept + sum(c > 0 for c in expected)
+    assert boxed > kept > 0 and summary.predictions is not None and summary.pseudo_label_metrics is not None
+    again, states = _run(train, val, store, params)
+    assert states["propose"] == {"Cached"} and states["seed"] == {"Cached"} and again.seeds == summary.seeds
+
+
 def test_a_folder_without_labels_is_labelled_zero_shot(tiny_clip, tmp_path, monkeypatch, sample_root):
     """A folder of three images, one with labels and two without, and a class list: with
     seed.zero_shot_labels the two get the class their proposals are most taken for (top 1) before seeding,

@@ -311,7 +311,7 @@ def test_a_stage_key_records_the_settings_it_hashes(computed):
     pk, fk, plk = (computed.keys[s] for s in (PROPOSALS, FEATURES, POOLED))
     proposals, features, pooled = (st.stage_settings(s, computed.keys[s]) for s in (PROPOSALS, FEATURES, POOLED))
     assert proposals == proposals_settings(computed.params["propose"])
-    assert proposals["propose"] == computed.params["propose"].model_dump(mode="json")
+    assert proposals["propose"] == computed.params["propose"].acting()
     assert stage_key(PROPOSALS, proposals["propose"], [proposals["checkpoint"]], proposals["code"]) == pk
     assert features == features_settings(computed.params["embed"])
     assert stage_key(FEATURES, features["embed"], [features["checkpoint"]], features["code"]) == fk
@@ -332,7 +332,7 @@ def test_inspect_shows_the_settings_each_stage_key_stands_for(computed):
     pk, fk, plk = (computed.keys[s] for s in (PROPOSALS, FEATURES, POOLED))
     sam, dino = (runtime.checkpoint_id(name)[:16] for name in ("mobile_sam", "dinov2_s"))
     assert re.search(rf"^  {pk}/  2 images, \d+ proposals, .*\n"
-                     r"    propose: model=mobile_sam, input_size=1024, points_per_side=4, points_per_batch=null, "
+                     r"    propose: method=automatic, model=mobile_sam, input_size=1024, points_per_side=4, points_per_batch=null, "
                      r"pred_iou_thresh=0\.88, .*, generator=fast\n"
                      rf"    computed with: checkpoint sha256 {sam}, code version {code_version(propose.MODULES)}\n"
                      r"    area  ", text, re.M), text
@@ -385,6 +385,10 @@ def test_stage_settings_read_as_parameters():
     assert stage_settings_lines(POOLED, {"proposals": PK, "features": FK, "pool": {"mask_attention": True},
                                          "code": "c" * 16})[0] == f"pool: mask_attention=true; from proposals {PK}, features {FK}"
     assert stage_settings_lines(PROPOSALS, {}) == []
+    boxes = stage_settings_lines(PROPOSALS, {"propose": {"method": "boxes"}, "classes": {"names": ["background", "cat"],
+                                             "background": True}, "checkpoint": [sha, "grounding_dino_t@main"]})
+    assert boxes[-1] == f"computed with: checkpoint sha256 {sha[:16]}, checkpoint grounding_dino_t@main"
+    assert any("cat" in line for line in boxes)
 
 
 # ----- show ---------------------------------------------------------------------------------------

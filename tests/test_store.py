@@ -200,6 +200,30 @@ def test_proposals_roundtrip_with_empty_images(store):
         store.read_proposals("p2", "im")
 
 
+def test_box_proposals_keep_their_box_classes_and_scores(store):
+    """Proposals made from a detector's boxes store each mask's box class and score (an empty image too);
+    automatic ones have none, and one key takes one kind."""
+    rles, _ = square_rles()
+    box_class, box_score = np.array([3, 1, 1, -1]), np.array([0.9, 0.5, 0.4, np.nan])
+    outputs = [Store.proposals_output("im", rles, box_class=box_class, box_score=box_score),
+               Store.proposals_output("none", [], image_hw=(30, 40), box_class=[], box_score=[])]
+    store.write_proposals("boxes", outputs)
+    p = store.read_proposals("boxes", "im")
+    assert p.box_class.dtype == np.int32 and p.box_class.tolist() == [3, 1, 1, -1]
+    np.testing.assert_array_equal(p.box_score, box_score.astype(np.float32))
+    assert p.select([3, 0]).box_class.tolist() == [-1, 3] and len(store.read_proposals("boxes", "none").box_class) == 0
+    arrays, index = store.read_elements(PROPOSALS, "boxes", ["none", "im"], ["box_class"])
+    assert arrays["box_class"].tolist() == [3, 1, 1, -1] and index.tolist() == [1, 1, 1, 1]
+    store.write_proposals("plain", [Store.proposals_output("im", rles)])
+    assert store.read_proposals("plain", "im").box_class is None
+    with pytest.raises(ValueError, match="all with box classes or all without"):
+        store.write_proposals("mixed", [outputs[0], Store.proposals_output("other", rles)])
+    with pytest.raises(ValueError, match="come together"):
+        Store.proposals_output("bad", rles, box_class=box_class)
+    with pytest.raises(ValueError, match="one value per mask"):
+        Store.proposals_output("bad", rles, box_class=box_class, box_score=[0.5])
+
+
 @pytest.mark.parametrize("channels", [8, 512])  # many images per chunk, or one image per chunk
 def test_features_padding_and_appending_keeps_earlier_images(store, channels):
     first = [features_of("a", (30, 47), channels, seed=1), features_of("b", (60, 20), channels, seed=2)]

@@ -105,12 +105,12 @@ class LabelVersionWriter:
         """Paint and store one image's map from its proposals' ``labels`` and ``scores``; ``image_labels``
         (its class indices, None when it has none) are what the map is checked against. ``masks``: the
         proposals' masks when the caller has read them already; ``fill``: a label map whose labels the
-        pixels no proposal covers take."""
+        pixels no labelled proposal covers take (a proposal labelled -1, none, leaves its pixels to it)."""
         if masks is None:
             masks = self.st.read_proposals(self.proposals_key, image_key).masks()
         label_map = paint_by_score(masks, labels, scores, nms_iou=self.nms_iou, num_classes=self.num_classes)
         if fill is not None:
-            label_map = fill_uncovered(label_map, masks.any(axis=0), fill)
+            label_map = fill_uncovered(label_map, masks[np.asarray(labels) >= 0].any(axis=0), fill)
         self.coverage.add(image_id, painted_classes(label_map, self.num_classes), image_labels)
         self.maps.add(image_key, label_map, image_id)
         self.keys.append(image_key)

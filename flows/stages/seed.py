@@ -1,6 +1,7 @@
 """Stage 4, seed: the pseudo-labels of the labelled images (the main job's output), from image labels,
 proposals and features alone, or (``seed.method`` 'clip') from the proposals' CLIP embeddings against the text
-embeddings of the class names. Published as a ``pseudo_labels`` version."""
+embeddings of the class names, or ('boxes') from the classes of the detector's boxes the proposals were made in.
+Published as a ``pseudo_labels`` version."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from maskbank.flows.stages.common import cached_task
 from maskbank.flows.stages.labels import (
     EVIDENCE, LabelVersionWriter, blocks, label_version_ref, pooled_reader, unskipped,
 )
-from maskbank.storage.layout import POOLED, PSEUDO_LABELS
+from maskbank.storage.layout import POOLED, PROPOSALS, PSEUDO_LABELS
 from maskbank.storage.store import Store
 from maskbank.storage.versions import version_exists, version_id
+from maskbank.tasks.box_seed import box_seed_labels
 from maskbank.tasks.classes import multi_hot
 from maskbank.tasks.clip_seed import (
     clip_seed_labels, dust_bin, image_class_scores, text_embeddings, zero_shot_image_labels,
@@ -27,18 +29,19 @@ from maskbank.tasks.models.device import resolve_device
 from maskbank.tasks.seed import seed_images
 
 KIND = PSEUDO_LABELS
-CLIP_BLOCK_IMAGES = 256
-"""Images whose CLIP embeddings are classified at once."""
-MODULES = ("maskbank.tasks.seed", "maskbank.tasks.clip_seed", "maskbank.tasks.paint", "maskbank.tasks.coverage",
+BLOCK_IMAGES = 256
+"""Images whose CLIP embeddings or box classes are read and seeded at once."""
+MODULES = ("maskbank.tasks.seed", "maskbank.tasks.clip_seed", "maskbank.tasks.box_seed", "maskbank.tasks.paint", "maskbank.tasks.coverage",
            "maskbank.tasks.collection", "maskbank.flows.stages.labels", __name__)
 
 
 @cached_task("seed", MODULES)
 def seed_collection(
-    store: str, collection: DatasetRef, proposals_key: str, pooled_key: str, params: SeedParams,
+    store: str, collection: DatasetRef, proposals_key: str, pooled_key: str | None, params: SeedParams,
     skip: list[str] | None = None, device: str = "auto",
 ) -> VersionRef:
     """Seed every labelled image's proposals with one of its labels or background; paint the label maps.
+    ``pooled_key``: the proposals' features (method 'labels') or CLIP embeddings ('clip'); None with 'boxes'.
 
     The reference carries the version's metrics: what looks wrong in its maps against the image labels."""
     st = Store.open(store, create=False)
@@ -53,12 +56,18 @@ def seed_collection(
 
     num_classes = len(collection.class_names)
     image_labels = multi_hot([collection.labels[i] for i in rows], num_classes)
-    counts = st.element_counts(POOLED, pooled_key, keys)
-    read = pooled_reader(st, pooled_key, keys)
-    if params.method == "clip":
-        labels, confidence = _clip_seeds(read, counts, image_labels, collection, params, device)
+    if params.method == "boxes":
+        labels, confidence = _box_seeds(st, proposals_key, keys, image_labels, collection.has_background)
+        counts = st.element_counts(PROPOSALS, proposals_key, keys)
+        metrics = {}
+    elif params.method == "clip":
+        counts = st.element_counts(POOLED, pooled_key, keys)
+        labels, confidence = _clip_seeds(pooled_reader(st, pooled_key, keys), counts, image_labels, collection,
+                                         params, device)
         metrics = {}
     else:
+        counts = st.element_counts(POOLED, pooled_key, keys)
+        read = pooled_reader(st, pooled_key, keys)
         with StageProgress("seed", int(counts.sum()) * (1 + params.rounds), unit="proposal",
                            what="proposals scored, all rounds") as progress:
             result = seed_images(
@@ -109,10 +118,28 @@ def predict_image_labels(
     return collection.model_copy(update={"labels": labels, "notes": [*collection.notes, note]})
 
 
+def _box_seeds(st: Store, proposals_key: str, keys: list[str], image_labels: np.ndarray,
+               background: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and confidences of every proposal of ``keys`` from the classes of the boxes they were made in,
+    a block of images at a time."""
+    labels, confidence = [], []
+    with StageProgress("seed", len(keys), unit="image", what="images seeded from their boxes") as progress:
+        for block in blocks(len(keys), BLOCK_IMAGES):
+            arrays, index = st.read_elements(PROPOSALS, proposals_key, [keys[i] for i in block],
+                                             ["box_class", "box_score"])
+            lab, conf = box_seed_labels(arrays["box_class"], arrays["box_score"], index,
+                                        image_labels[block.start:block.stop], background)
+            labels.append(lab)
+            confidence.append(conf)
+            progress.advance(len(block))
+    return (np.concatenate(labels) if labels else np.zeros(0, np.int32),
+            np.concatenate(confidence) if confidence else np.zeros(0, np.float32))
+
+
 def _clip_blocks(read, counts: np.ndarray):
     """``(images, embeddings, image of each embedding)`` of the images ``read`` gives (positions ``0..len(counts)``,
-    each with ``counts`` proposals), :data:`CLIP_BLOCK_IMAGES` images at a time."""
-    for block in blocks(len(counts), CLIP_BLOCK_IMAGES):
+    each with ``counts`` proposals), :data:`BLOCK_IMAGES` images at a time."""
+    for block in blocks(len(counts), BLOCK_IMAGES):
         images = np.arange(block.start, block.stop)
         features, _ = read(images)
         yield images, features, np.repeat(images, counts[images])

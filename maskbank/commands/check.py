@@ -103,7 +103,9 @@ def _work_lines(datasets: Sequence[Dataset], params: RunParams, location: str | 
     from maskbank.tasks.models.device import MEASURED_SECONDS_PER_IMAGE, resolve_device
 
     keys = {k for ds in datasets for k in content_keys(ds, default_hash_cache(ds.root), save=False)}
-    pk, fk = proposals_key(params.propose), features_key(params.embed)
+    vocabulary = ({"classes": datasets[0].class_names, "background": datasets[0].has_background}
+                  if params.propose.method == "boxes" and datasets else {})  # the labelled datasets' classes
+    pk, fk = proposals_key(params.propose, **vocabulary), features_key(params.embed)
     stages = {PROPOSALS: pk, FEATURES: fk, POOLED: pooled_key(pk, fk, params.pool)}
     done = {stage: set() for stage in stages}
     if exists:

@@ -134,8 +134,10 @@ def stage_settings_lines(stage: str, settings: Mapping[str, object], details: st
         else:
             lines.insert(0 if first else len(lines), f"{step}{text}")
     pins = []
-    checkpoint = settings.get(SETTINGS_CHECKPOINT)
-    if isinstance(checkpoint, str):
+    checkpoints = settings.get(SETTINGS_CHECKPOINT)  # one, or a list (SAM's and the detector's)
+    for checkpoint in [checkpoints] if isinstance(checkpoints, str) else checkpoints or []:
+        if not isinstance(checkpoint, str):
+            continue
         sha256 = len(checkpoint) == 64 and all(c in "0123456789abcdef" for c in checkpoint)
         pins.append(f"checkpoint sha256 {checkpoint[:16]}" if sha256 else f"checkpoint {checkpoint}")
     if isinstance(settings.get(SETTINGS_CODE), str):
