@@ -5,9 +5,9 @@ Defaults follow ModuSeg where it transfers; each departure is named in its field
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from maskbank.tasks.clip_masks import ClipMaskConfig
 from maskbank.tasks.clip_seed import ClipSeedConfig
@@ -30,12 +30,45 @@ class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SAM_INPUT_SIZES = {"vit_t": (1024, 512), "vit_b": (1024,), "vit_l": (1024,), "vit_h": (1024,)}
+"""Encoder input sides each SAM architecture takes (TinyViT's windows also fit 512; ViT's position
+embeddings are for 1024)."""
+
+
+def _checkpoint_role(name: str, roles, what: str) -> str:
+    """The role of checkpoint ``name`` in the weights registry; a ValueError unless it is one of ``roles``."""
+    from maskbank.storage.weights import WeightsError, get_checkpoint
+
+    try:
+        role = get_checkpoint(name).role
+    except WeightsError as e:
+        raise ValueError(str(e)) from None
+    if role not in roles:
+        raise ValueError(f"{name!r} is not {what} (it is a {role} checkpoint)")
+    return role
+
+
+def _checkpoint_name(roles: tuple[str, ...], what: str):
+    """The type of a setting that names a checkpoint of the weights registry with one of ``roles``."""
+    def check(name: str) -> str:
+        _checkpoint_role(name, roles, what)
+        return name
+
+    return Annotated[str, AfterValidator(check)]
+
+
+SamCheckpoint = _checkpoint_name(tuple(SAM_INPUT_SIZES), "a Segment Anything checkpoint")
+BackboneCheckpoint = _checkpoint_name(("backbone",), "a backbone checkpoint")
+TextImageCheckpoint = _checkpoint_name(("text_image",), "a text-image checkpoint")
+DetectorCheckpoint = _checkpoint_name(("detector",), "a detector checkpoint")
+
+
 class ProposeParams(_Params):
     """Class-agnostic proposals from Segment Anything's automatic mask generation (``automatic``), or SAM's masks
     in the boxes an open-vocabulary detector finds for the class names (``boxes``, see ``tasks/detect.py``)."""
 
     method: Literal["automatic", "boxes"] = Field("automatic", description="'automatic': SAM's masks from a grid of point prompts, class-agnostic; 'boxes': the detector's boxes for the dataset's class names, SAM's mask in each, each with its box's class (the pixels in no box are one more region where the classes have a background); seed.method 'boxes' labels them by those classes. No quality figure measured here.")
-    model: str = Field("mobile_sam", description="Checkpoint name from `maskbank weights list` (mobile_sam, sam_vit_b, sam_vit_l, sam_vit_h).")
+    model: SamCheckpoint = Field("mobile_sam", description="Checkpoint name from `maskbank weights list` (mobile_sam, sam_vit_b, sam_vit_l, sam_vit_h).")
     input_size: int = Field(ProposerConfig.input_size, description="SAM encoder input side: 1024 native; 512 (vit_t only) is about 4x faster but leaves about half the pixels outside every proposal (BENCHMARKS.md).")
     points_per_side: int = Field(ProposerConfig.points_per_side, ge=1, description="Point prompts per image side.")
     points_per_batch: int | None = Field(ProposerConfig.points_per_batch, ge=1, description="Prompts decoded at once; unset: 16 on a CPU (keeps the decoder in cache), 256 on CUDA.")
@@ -45,22 +78,10 @@ class ProposeParams(_Params):
     min_area: float = Field(ProposerConfig.min_area, ge=0, lt=1, description="Smallest non-overlapping region kept, as a fraction of the image (ModuSeg: 300 px at 500x375).")
     bf16: bool = Field(ProposerConfig.bf16, description="bfloat16 autocast (CPU and CUDA).")
     generator: Literal["fast", "stock"] = Field(ProposerConfig.generator, description="'fast': decodes prompts and filters at low resolution before upsampling survivors; 'stock': Meta's SamAutomaticMaskGenerator.")
-    detector: str = Field("grounding_dino_t", description="With method 'boxes': the open-vocabulary detector (grounding_dino_t, grounding_dino_b, owlv2_b16; `maskbank weights list`).")
+    detector: DetectorCheckpoint = Field("grounding_dino_t", description="With method 'boxes': the open-vocabulary detector (grounding_dino_t, grounding_dino_b, owlv2_b16; `maskbank weights list`).")
     box_threshold: float = Field(_DETECT.box_threshold, ge=0, le=1, description="With method 'boxes': boxes whose best class scores at least this are kept (Grounding DINO's published default).")
     text_threshold: float = Field(_DETECT.text_threshold, ge=0, le=1, description="With method 'boxes' and a Grounding DINO detector: a class's name tokens must score at least this for its box to take it.")
     detection_nms_iou: float = Field(_DETECT.nms_iou, ge=0, le=1, description="With method 'boxes': class-wise NMS between the detector's boxes.")
-
-    @field_validator("model")
-    @classmethod
-    def _a_sam_checkpoint(cls, name: str) -> str:
-        _checkpoint_role(name, SAM_INPUT_SIZES, "a Segment Anything checkpoint")
-        return name
-
-    @field_validator("detector")
-    @classmethod
-    def _a_detector_checkpoint(cls, name: str) -> str:
-        _checkpoint_role(name, ("detector",), "a detector checkpoint")
-        return name
 
     @model_validator(mode="after")
     def _settings_act(self) -> "ProposeParams":
@@ -100,38 +121,14 @@ AUTOMATIC_ONLY = ("points_per_side", "points_per_batch", "pred_iou_thresh", "sta
                   "box_nms_thresh", "generator")
 """Settings of ProposeParams that act with method 'automatic' alone."""
 
-SAM_INPUT_SIZES = {"vit_t": (1024, 512), "vit_b": (1024,), "vit_l": (1024,), "vit_h": (1024,)}
-"""Encoder input sides each SAM architecture takes (TinyViT's windows also fit 512; ViT's position
-embeddings are for 1024)."""
-
-
-def _checkpoint_role(name: str, roles, what: str) -> str:
-    """The role of checkpoint ``name`` in the weights registry; a ValueError unless it is one of ``roles``."""
-    from maskbank.storage.weights import WeightsError, get_checkpoint
-
-    try:
-        role = get_checkpoint(name).role
-    except WeightsError as e:
-        raise ValueError(str(e)) from None
-    if role not in roles:
-        raise ValueError(f"{name!r} is not {what} (it is a {role} checkpoint)")
-    return role
-
-
 class EmbedParams(_Params):
     """Dense patch features of a frozen backbone."""
 
-    model: str = Field("dinov2_s", description="Backbone checkpoint name (dinov2_s, facebook/dinov2-small, hf:<repo>).")
+    model: BackboneCheckpoint = Field("dinov2_s", description="Backbone checkpoint name (dinov2_s, facebook/dinov2-small, hf:<repo>).")
     layer: int = Field(EmbedConfig.layer, description="Hidden state used (10 of 12 is this DINOv2-S's best block; negative counts from the end).")
     long_side: int = Field(EmbedConfig.long_side, ge=14, description="Image long side fed to the backbone, in pixels.")
     saliency: bool = Field(True, description="Also store the backbone's foreground-saliency map, when the checkpoint has a saliency head.")
     bf16: bool = Field(EmbedConfig.bf16, description="bfloat16 autocast of the backbone (faster on a GPU; features at bfloat16 precision).")
-
-    @field_validator("model")
-    @classmethod
-    def _a_backbone_checkpoint(cls, name: str) -> str:
-        _checkpoint_role(name, ("backbone",), "a backbone checkpoint")
-        return name
 
 
 class PoolParams(_Params):
@@ -153,7 +150,7 @@ class SeedParams(_Params):
     proposals were made in (``boxes``, see ``tasks/box_seed.py``)."""
 
     method: Literal["labels", "clip", "boxes"] = Field("labels", description="'labels': from the image labels and the other images' evidence (no model hub needed); 'clip': each proposal embedded by a CLIP image encoder with TUSS's mask-aware last block and classified against the text embeddings of the class names (and a dust bin of stuff words), restricted to the image's labels; 'boxes' (with propose.method 'boxes'): each proposal takes its box's class where the image is labelled with it, the pixels in no box are background. No quality figure measured here for 'clip' or 'boxes'.")
-    text_model: str = Field("clip_b16", description="With method 'clip': the CLIP checkpoint (clip_b16, clip_l14; `maskbank weights list`).")
+    text_model: TextImageCheckpoint = Field("clip_b16", description="With method 'clip': the CLIP checkpoint (clip_b16, clip_l14; `maskbank weights list`).")
     clip_attention_bias: float = Field(_CLIP_MASKS.bias, le=0, description="With method 'clip': logit bias in CLIP's last block between tokens of different proposals (TUSS: -4).")
     background_power: float = Field(_CLIP_SEED.background_power, gt=0, description="With method 'clip' and a background class: background scores (1 - best kept class probability) to this power (TUSS tunes it in 0.2-5; 1: a class needs half the probability).")
     zero_shot_labels: Literal["off", "top_k", "threshold"] = Field("off", description="With method 'clip': images of the labelled datasets that have no image labels get, before seeding, the classes their proposals are taken for: the zero_shot_top_k best ('top_k') or those scoring at least zero_shot_threshold ('threshold'), so a folder without labels can be labelled; 'off': such images are left out.")
@@ -168,12 +165,6 @@ class SeedParams(_Params):
     claim_labels: bool = Field(_SEED.claim_labels, description="Make every image label claim at least one proposal (an image label says the class is there; turn off with coarse proposals, where small labelled objects have no proposal of their own).")
     evidence_per_class: int = Field(_SEED.evidence_per_class, ge=1, description="Images labelled with a class that a proposal is compared with (the first by content key); beyond it seeding samples, so memory and time stay linear in the collection.")
     reference_images: int = Field(_SEED.reference_images, ge=1, description="Images of the reference sample (the first by content key) that a proposal's matches in images without a class are measured over.")
-
-    @field_validator("text_model")
-    @classmethod
-    def _a_text_image_checkpoint(cls, name: str) -> str:
-        _checkpoint_role(name, ("text_image",), "a text-image checkpoint")
-        return name
 
     @model_validator(mode="after")
     def _settings_act(self) -> "SeedParams":
