@@ -162,3 +162,29 @@ def test_grounding_dino_prompts_fit_the_model_s_own_text_limit(grounding_dino):
     found = BoxDetector(model, processor, DetectConfig(box_threshold=0.0, text_threshold=0.0, nms_iou=1.0,
                                                        device="cpu"))(_image(), names)
     assert len(found) > 0 and found.labels.max() < len(names)
+
+
+@pytest.mark.parametrize("family", ["grounding_dino", "owlv2"])
+def test_a_detector_checkpoint_folder_loads_as_the_flow_loads_it(family, tmp_path, monkeypatch):
+    """A detector saved as a ``transformers`` folder (model, processor and tokenizer files, as the hub holds them)
+    loads through the flow's loader, whichever the family, and finds boxes as the model it was saved from."""
+    from maskbank.flows import runtime
+
+    (tmp_path / "build").mkdir()
+    model, processor = (tiny_grounding_dino if family == "grounding_dino" else tiny_owlv2)(tmp_path / "build")
+    folder = tmp_path / "checkpoint"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    monkeypatch.setattr(runtime, "fetch", lambda name: folder)
+    runtime.detector.cache_clear()
+    try:
+        loaded, loaded_processor = runtime.detector(f"{family}-folder")
+    finally:
+        runtime.detector.cache_clear()
+    assert type(loaded) is type(model) and not loaded.training
+    config = DetectConfig(box_threshold=0.0, text_threshold=0.0, nms_iou=1.0, device="cpu")
+    a = BoxDetector(model, processor, config)(_image(), NAMES)
+    b = BoxDetector(loaded, loaded_processor, config)(_image(), NAMES)
+    assert len(a) == len(b) > 0
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
