@@ -41,7 +41,7 @@ from maskbank.flows.stages.evaluate import evaluate
 from maskbank.flows.stages.ingest import DatasetInput, combine, ingest
 from maskbank.flows.stages.labels import coverage_of, evidence_of
 from maskbank.flows.stages.pool import pool_shard, pooled_key
-from maskbank.flows.stages.propose import propose_shard, proposals_key
+from maskbank.flows.stages.propose import detector_vocabulary, propose_shard, proposals_key
 from maskbank.flows.stages.retrieve import retrieve
 from maskbank.flows.stages.seed import predict_image_labels, seed_collection
 from maskbank.flows.stages.segment import fill_pseudo_labels, segment_targets, train_segmenter
@@ -143,8 +143,7 @@ def label_images(
              len(target.image_ids) if target else 0, len(jobs))
 
     p = params
-    vocabulary = ({"classes": labelled.class_names, "background": labelled.has_background}
-                  if p.propose.method == "boxes" else {})  # what the detector is asked for
+    vocabulary = detector_vocabulary(p.propose, labelled.class_names, labelled.has_background)
     pk, fk = proposals_key(p.propose, **vocabulary), features_key(p.embed)
     with shard_runner(workers, dask) as runner:
         proposals = _per_image("propose", propose_shard, jobs, p.shard_size, runner, store=store, key=pk,

@@ -85,19 +85,21 @@ class ProposeParams(_Params):
 
     @model_validator(mode="after")
     def _settings_act(self) -> "ProposeParams":
-        boxes = self.method == "boxes"
-        unused, why = (AUTOMATIC_ONLY, "the automatic mask generator's") if boxes else (BOX_ONLY, "the detector's")
+        why = "the automatic mask generator's" if self.method == "boxes" else "the detector's"
         _refuse_unused(self, True, f"propose.method is '{self.method}' (they are {why} settings)",
-                       tuple(n for n in type(self).model_fields if n not in unused))
-        if boxes and not self.detector.startswith("grounding_dino"):
+                       tuple(n for n in type(self).model_fields if n not in self._other_method_settings()))
+        if self.method == "boxes" and not self.detector.startswith("grounding_dino"):
             _refuse_unused(self, True, f"{self.detector} scores each class on its own (no text tokens)",
                            tuple(n for n in type(self).model_fields if n != "text_threshold"))
         return self
 
     def acting(self) -> dict:
         """The settings that act with this method (what the proposals' key hashes)."""
-        unused = AUTOMATIC_ONLY if self.method == "boxes" else BOX_ONLY
-        return self.model_dump(mode="json", exclude=set(unused))
+        return self.model_dump(mode="json", exclude=set(self._other_method_settings()))
+
+    def _other_method_settings(self) -> tuple[str, ...]:
+        """The settings of the method not chosen, which have no effect."""
+        return AUTOMATIC_ONLY if self.method == "boxes" else BOX_ONLY
 
     def detect_config(self, device: str = "auto") -> DetectConfig:
         """The detector's settings, with method 'boxes'."""

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-REST = -1
-"""``box_class`` of the rest region, the pixels in no box."""
+from maskbank.tasks.proposals import REST
 
 
 def box_seed_labels(box_class: np.ndarray, box_score: np.ndarray, image_index: np.ndarray, image_labels: np.ndarray,

@@ -26,7 +26,7 @@ from torchvision.ops import batched_nms
 
 from maskbank.tasks import rle
 from maskbank.tasks.models.device import resolve_device
-from maskbank.tasks.proposals import Proposals
+from maskbank.tasks.proposals import REST, Proposals
 from maskbank.tasks.propose import area_pixels, non_overlapping
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ class BoxProposer:
     box (``predictor``): non-overlapping (the higher detector score wins a contested pixel), regions under
     ``min_area`` (a fraction of the image) dropped, each with its box's class (its position in the names) and
     score. With ``rest_region``, the pixels in no mask (when at least ``min_area``) are one more region, of class
-    -1 and no scores (NaN)."""
+    :data:`REST` and no scores (NaN)."""
 
     def __init__(self, detector: BoxDetector, predictor: SamPredictor, min_area: float, rest_region: bool) -> None:
         self.detector, self.predictor = detector, predictor
@@ -217,4 +217,4 @@ class BoxProposer:
         nan = np.full(1, np.nan, np.float32)
         return Proposals(props.rles + extra, np.append(props.predicted_iou, nan), np.append(props.stability_score, nan),
                          np.concatenate([props.bbox, rle.bbox(extra)]), np.append(props.area, rle.area(extra)), hw,
-                         np.append(props.box_class, -1), np.append(props.box_score, nan))
+                         np.append(props.box_class, REST), np.append(props.box_score, nan))

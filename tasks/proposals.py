@@ -8,14 +8,18 @@ import numpy as np
 
 from maskbank.tasks import rle
 
+REST = -1
+"""``box_class`` of the rest region of proposals made from boxes: the pixels in no box's mask."""
+
 
 @dataclass
 class Proposals:
     """Masks of one image as COCO RLEs, with SAM's scores and per-mask box (xywh, pixels) and area.
 
     Proposals made from a detector's boxes also carry each mask's ``box_class`` (the class the detector gave
-    its box, as an index into the class names asked for; -1 for a region that is no box's) and ``box_score``
-    (the detector's score; NaN where there is no box); automatic proposals have neither (None)."""
+    its box, as an index into a list of class names: those it was asked for, or in a store the dataset's class
+    names; :data:`REST` for the pixels in no box's mask) and ``box_score`` (the detector's score; NaN where
+    there is no box); automatic proposals have neither (None)."""
 
     rles: list[dict]
     predicted_iou: np.ndarray

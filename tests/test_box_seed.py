@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from maskbank.tasks.box_seed import REST, box_seed_labels
+from maskbank.tasks.box_seed import box_seed_labels
+from maskbank.tasks.proposals import REST
 
 
 def test_a_proposal_takes_its_box_s_class_among_the_image_s_labels():

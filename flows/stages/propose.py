@@ -15,6 +15,7 @@ from maskbank.storage.datasets import load_rgb
 from maskbank.storage.layout import PROPOSALS, SETTINGS_CHECKPOINT, SETTINGS_CLASSES, SETTINGS_CODE
 from maskbank.storage.store import ImageOutput, Store
 from maskbank.tasks.models.device import images_per_batch
+from maskbank.tasks.proposals import REST
 from maskbank.tasks.propose import non_overlapping
 
 MODULES = ("maskbank.tasks.propose", "maskbank.tasks.proposals", "maskbank.tasks.fast_amg",
@@ -22,18 +23,24 @@ MODULES = ("maskbank.tasks.propose", "maskbank.tasks.proposals", "maskbank.tasks
            "maskbank.tasks.rle", "maskbank.tasks.detect", __name__)
 
 
+def detector_vocabulary(params: ProposeParams, class_names: list[str], background: bool) -> dict:
+    """The keyword arguments of :func:`proposals_key` and :func:`propose_shard` that say what the detector is
+    asked for: the collection's class names and whether they have a background, with method 'boxes'; none
+    with method 'automatic', whose proposals do not depend on the classes."""
+    return {"classes": list(class_names), "background": bool(background)} if params.method == "boxes" else {}
+
+
 def proposals_settings(params: ProposeParams, classes: list[str] | None = None, background: bool = True) -> dict:
     """What the key of the proposals made with ``params`` hashes, as their group records it: the settings that
     act, the checkpoint's content (with method 'boxes', the detector's too, and the class names asked for,
     ``classes[1:]``, and whether the classes have a background) and the code version."""
-    checkpoints = [runtime.checkpoint_id(params.model)]
-    s = {"propose": params.acting(), SETTINGS_CODE: code_version(MODULES)}
+    s = {"propose": params.acting(), SETTINGS_CHECKPOINT: runtime.checkpoint_id(params.model),
+         SETTINGS_CODE: code_version(MODULES)}
     if params.method == "boxes":
-        if not classes or len(classes) < 2:
+        if len(classes or ()) < 2:
             raise ValueError("propose.method 'boxes' asks the detector for the class names: give them")
-        checkpoints.append(runtime.checkpoint_id(params.detector))
+        s[SETTINGS_CHECKPOINT] = [s[SETTINGS_CHECKPOINT], runtime.checkpoint_id(params.detector)]
         s[SETTINGS_CLASSES] = {"names": list(classes), "background": bool(background)}
-    s[SETTINGS_CHECKPOINT] = checkpoints[0] if len(checkpoints) == 1 else checkpoints
     return s
 
 
@@ -41,8 +48,7 @@ def proposals_key(params: ProposeParams, classes: list[str] | None = None, backg
     """Key of the proposals made with ``params`` (the checkpoints' content included; with method 'boxes', of the
     class names ``classes`` and whether they have a background)."""
     s = proposals_settings(params, classes, background)
-    pins = s[SETTINGS_CHECKPOINT]
-    upstream = [*([pins] if isinstance(pins, str) else pins), *([s[SETTINGS_CLASSES]] if SETTINGS_CLASSES in s else [])]
+    upstream = [s[SETTINGS_CHECKPOINT], *([s[SETTINGS_CLASSES]] if SETTINGS_CLASSES in s else [])]
     return stage_key(PROPOSALS, s["propose"], upstream, s[SETTINGS_CODE])
 
 
@@ -76,12 +82,12 @@ def propose_shard(
 def _box_shard(st: Store, key: str, jobs: list[ImageJob], params: ProposeParams, classes: list[str], background: bool,
                device: str, settings: dict) -> ShardRef:
     """Proposals from the detector's boxes for ``classes[1:]``; a mask's stored ``box_class`` is its class's
-    position in ``classes`` (-1: the rest region, made where the classes have a background)."""
+    position in ``classes`` (:data:`REST`: the rest region, made where the classes have a background)."""
     model = runtime.box_proposer(params, background, device)
 
     def compute(job: ImageJob) -> ImageOutput:
         props = model(load_rgb(job.path, exif_transpose=job.exif_transpose), classes[1:])
-        box_class = np.where(props.box_class >= 0, props.box_class + 1, -1)
+        box_class = np.where(props.box_class == REST, REST, props.box_class + 1)  # positions in classes[1:] -> classes
         return st.proposals_output(job.key, props.rles, props.predicted_iou, props.stability_score, props.bbox,
                                    props.area, props.image_hw, box_class=box_class, box_score=props.box_score)
 

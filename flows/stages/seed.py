@@ -56,17 +56,16 @@ def seed_collection(
 
     num_classes = len(collection.class_names)
     image_labels = multi_hot([collection.labels[i] for i in rows], num_classes)
+    counts = (st.element_counts(PROPOSALS, proposals_key, keys) if params.method == "boxes"
+              else st.element_counts(POOLED, pooled_key, keys))
     if params.method == "boxes":
         labels, confidence = _box_seeds(st, proposals_key, keys, image_labels, collection.has_background)
-        counts = st.element_counts(PROPOSALS, proposals_key, keys)
         metrics = {}
     elif params.method == "clip":
-        counts = st.element_counts(POOLED, pooled_key, keys)
         labels, confidence = _clip_seeds(pooled_reader(st, pooled_key, keys), counts, image_labels, collection,
                                          params, device)
         metrics = {}
     else:
-        counts = st.element_counts(POOLED, pooled_key, keys)
         read = pooled_reader(st, pooled_key, keys)
         with StageProgress("seed", int(counts.sum()) * (1 + params.rounds), unit="proposal",
                            what="proposals scored, all rounds") as progress:

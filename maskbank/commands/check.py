@@ -95,7 +95,7 @@ def _work_lines(datasets: Sequence[Dataset], params: RunParams, location: str | 
     from maskbank.flows.stages.embed import features_key
     from maskbank.flows.stages.ingest import content_keys
     from maskbank.flows.stages.pool import pooled_key
-    from maskbank.flows.stages.propose import proposals_key
+    from maskbank.flows.stages.propose import detector_vocabulary, proposals_key
     from maskbank.storage.datasets.hashing import default_hash_cache
     from maskbank.storage.layout import FEATURES, POOLED, PROPOSALS
     from maskbank.storage.store import Store
@@ -103,8 +103,8 @@ def _work_lines(datasets: Sequence[Dataset], params: RunParams, location: str | 
     from maskbank.tasks.models.device import MEASURED_SECONDS_PER_IMAGE, resolve_device
 
     keys = {k for ds in datasets for k in content_keys(ds, default_hash_cache(ds.root), save=False)}
-    vocabulary = ({"classes": datasets[0].class_names, "background": datasets[0].has_background}
-                  if params.propose.method == "boxes" and datasets else {})  # the labelled datasets' classes
+    vocabulary = (detector_vocabulary(params.propose, datasets[0].class_names, datasets[0].has_background)
+                  if datasets else {})  # the labelled datasets' classes
     pk, fk = proposals_key(params.propose, **vocabulary), features_key(params.embed)
     stages = {PROPOSALS: pk, FEATURES: fk, POOLED: pooled_key(pk, fk, params.pool)}
     done = {stage: set() for stage in stages}
